@@ -1,0 +1,1 @@
+"""The example model repository (``models/``) that ``triton-kernel serve`` uses by default."""

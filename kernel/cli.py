@@ -1,0 +1,197 @@
+"""``triton-kernel serve``: tritonserver's flags, where the concept is the same.
+
+A bad flag or value prints one line and exits with status 2; SIGINT and SIGTERM drain
+in-flight requests (up to ``--exit-timeout-secs``) and stop every worker process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+from .errors import KernelError
+from .options import ServerOptions
+from .server import Server
+
+log = logging.getLogger("triton_kernel")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value '{text}'")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port '{text}'") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range 0-65535")
+    return port
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def _backend_config(text: str) -> tuple[str, str, str]:
+    """``<backend>,<key>=<value>`` or a global ``<key>=<value>``."""
+    backend, _, setting = text.rpartition(",")
+    key, sep, value = setting.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(
+            f"invalid --backend-config '{text}': expected <backend>,<key>=<value>"
+        )
+    return backend, key, value
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: object) -> None:
+    """A boolean flag taking Triton's ``--flag=<bool>`` form; bare ``--flag`` means true."""
+    parser.add_argument(name, type=_bool, nargs="?", const=True, **kwargs)  # type: ignore[arg-type]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="triton-kernel", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    serve = commands.add_parser("serve", help="serve a Triton model repository")
+    add = serve.add_argument
+    add("--model-repository", "--model-store", action="append", default=[], dest="repositories")
+    add("--backend-directory", action="append", default=[], type=Path)
+    add("--backend-config", action="append", default=[], type=_backend_config)
+    add("--model-control-mode", choices=("none", "poll", "explicit"), default="none")
+    add("--load-model", action="append", default=[])
+    add("--model-config-name", default=None)
+    _flag(serve, "--strict-model-config", default=False)
+    add("--disable-auto-complete-config", action="store_true")
+    _flag(serve, "--strict-readiness", default=True)
+    _flag(serve, "--exit-on-error", default=True)
+    add("--exit-timeout-secs", type=_non_negative, default=30)
+    add("--id", default="triton")
+    for protocol, port in (("http", 8000), ("grpc", 8001), ("metrics", 8002)):
+        _flag(serve, f"--allow-{protocol}", default=True)
+        add(f"--{protocol}-address", default="0.0.0.0")
+        add(f"--{protocol}-port", type=_port, default=port)
+    add("--http-max-input-size", type=_non_negative, default=64 * 1024 * 1024)
+    _flag(serve, "--allow-client-shm", default=False)
+    add("--log-verbose", type=_non_negative, default=0)
+    for level in ("info", "warning", "error"):
+        _flag(serve, f"--log-{level}", default=True)
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> ServerOptions:
+    backend_config: dict[str, dict[str, str]] = {}
+    for backend, key, value in args.backend_config:
+        backend_config.setdefault(backend, {})[key] = value
+    return ServerOptions(
+        model_repositories=args.repositories or [str(example_repository())],
+        backend_directories=args.backend_directory,
+        backend_config=backend_config,
+        model_control_mode=args.model_control_mode,
+        load_models=args.load_model,
+        model_config_name=args.model_config_name,
+        auto_complete_config=not (args.disable_auto_complete_config or args.strict_model_config),
+        strict_readiness=args.strict_readiness,
+        exit_on_error=args.exit_on_error,
+        exit_timeout_secs=args.exit_timeout_secs,
+        server_id=args.id,
+        allow_http=args.allow_http,
+        http_address=args.http_address,
+        http_port=args.http_port,
+        http_max_input_size=args.http_max_input_size,
+        allow_grpc=args.allow_grpc,
+        grpc_address=args.grpc_address,
+        grpc_port=args.grpc_port,
+        allow_metrics=args.allow_metrics,
+        metrics_address=args.metrics_address,
+        metrics_port=args.metrics_port,
+        allow_client_shm=args.allow_client_shm,
+        log_verbose=args.log_verbose,
+    )
+
+
+def example_repository() -> Path:
+    """The example model repository shipped in the package (``examples/models``)."""
+    import triton_kernel.examples
+
+    return Path(triton_kernel.examples.__file__).resolve().parent / "models"
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    if args.log_verbose > 0:
+        level = logging.DEBUG
+    elif args.log_info:
+        level = logging.INFO
+    elif args.log_warning:
+        level = logging.WARNING
+    else:
+        level = logging.ERROR if args.log_error else logging.CRITICAL
+    logging.basicConfig(
+        level=level, format="%(levelname).1s%(asctime)s %(name)s] %(message)s", stream=sys.stderr
+    )
+
+
+async def serve(options: ServerOptions) -> int:
+    """Run the server until SIGINT or SIGTERM; the process's exit status."""
+    started = time.perf_counter()
+    server = Server(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await server.start()
+    except (KernelError, OSError) as exc:
+        log.error("%s", exc)
+        await server.stop()
+        return 1
+    log.info("server ready in %.2f s", time.perf_counter() - started)
+    await stop.wait()
+    log.info("stopping: draining in-flight requests (up to %s s)", options.exit_timeout_secs)
+    await server.stop()
+    return 0
+
+
+def _run(coroutine: object) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)  # type: ignore[arg-type]
+    return uvloop.run(coroutine)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args)
+    try:
+        options = options_from_args(args)
+    except KernelError as exc:
+        print(f"triton-kernel: error: {exc}", file=sys.stderr)
+        return 2
+    return _run(serve(options))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""One loaded version of a model: its configuration, instances and scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .backend import BackendModel, InstanceSpec, ModelInstance
+from .errors import Unavailable
+from .request import InferenceRequest, InferenceResponse
+from .scheduler import DirectScheduler
+from .validation import Signature, validate_request
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(str, Enum):
+    """Triton's model states, as the repository index reports them."""
+
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(slots=True)
+class ModelVersion:
+    """A version that loaded, or failed to, with what a request needs to reach it."""
+
+    name: str
+    version: int
+    state: ModelState = ModelState.LOADING
+    #: Why the version is UNAVAILABLE (a failed load, an unload).
+    reason: str = ""
+    config: Any = None
+    signature: Signature | None = None
+    #: Output name -> class labels (``label_filename``), for classification.
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    backend_model: BackendModel | None = None
+    instances: list[ModelInstance] = field(default_factory=list)
+    scheduler: DirectScheduler | None = None
+    in_flight: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    async def start(self, backend_model: BackendModel, model_dir: Path) -> None:
+        """Create every instance (concurrently) and start scheduling.
+
+        On failure everything created so far is finalized before the error propagates.
+        """
+        self.backend_model = backend_model
+        try:
+            self.config = backend_model.config
+            self.signature = Signature.from_config(self.config)
+            self.labels = _read_labels(self.config, model_dir)
+            results = await asyncio.gather(
+                *(backend_model.create_instance(s) for s in instance_specs(self.config)),
+                return_exceptions=True,
+            )
+            self.instances = [r for r in results if not isinstance(r, BaseException)]
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                raise failures[0]
+        except BaseException:
+            await self.finalize()
+            raise
+        self.scheduler = DirectScheduler(self.name, self.instances)
+        self.state = ModelState.READY
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Validate, queue and await one request."""
+        if self.state is not ModelState.READY or self.scheduler is None:
+            raise Unavailable(f"Request for unknown model: '{self.name}' is not ready")
+        assert self.signature is not None
+        validate_request(request, self.signature)
+        future = request.bind(asyncio.get_running_loop())
+        self.in_flight += 1
+        try:
+            self.scheduler.enqueue(request)
+            return await future
+        finally:
+            self.in_flight -= 1
+
+    async def finalize(self) -> None:
+        """Drain the scheduler, then finalize instances and the backend model."""
+        self.state = ModelState.UNLOADING
+        if self.scheduler is not None:
+            await self.scheduler.drain_and_stop()
+            self.scheduler = None
+        for instance in self.instances:
+            try:
+                await instance.finalize()
+            except Exception:
+                log.exception("finalizing an instance of model '%s' failed", self.name)
+        self.instances = []
+        if self.backend_model is not None:
+            try:
+                await self.backend_model.finalize()
+            except Exception:
+                log.exception("finalizing model '%s' failed", self.name)
+            self.backend_model = None
+        self.state = ModelState.UNAVAILABLE
+        self.reason = "unloaded"
+
+
+def instance_specs(config: Any) -> list[InstanceSpec]:
+    """One spec per instance of every ``instance_group``, named as Triton names them."""
+    specs = []
+    for group in config.instance_group:
+        kind = type(group).Kind.Name(group.kind)
+        devices = (list(group.gpus) or [0]) if kind == "KIND_GPU" else [0]
+        pairs = [(device, n) for device in devices for n in range(group.count)]
+        for index, (device, _) in enumerate(pairs):
+            specs.append(InstanceSpec(f"{group.name}_{index}", kind, device))
+    return specs
+
+
+def _read_labels(config: Any, model_dir: Path) -> dict[str, list[str]]:
+    labels = {}
+    for output in config.output:
+        if output.label_filename:
+            path = model_dir / output.label_filename
+            try:
+                labels[output.name] = path.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise Unavailable(
+                    f"unable to read label file '{path}' of model '{config.name}': {exc}"
+                ) from None
+    return labels

@@ -1,0 +1,41 @@
+"""Server options: one typed record that the CLI fills and an embedding application may build."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(slots=True)
+class ServerOptions:
+    """Settings named after tritonserver's flags (``--http-port`` is ``http_port``)."""
+
+    model_repositories: list[str] = field(default_factory=list)
+    #: Searched in order for ``<dir>/<backend>/plugin.py``; the built-in backends come last.
+    backend_directories: list[Path] = field(default_factory=list)
+    #: ``--backend-config``: backend name -> {key: value}; "" holds the global keys.
+    backend_config: dict[str, dict[str, str]] = field(default_factory=dict)
+    model_control_mode: str = "none"
+    load_models: list[str] = field(default_factory=list)
+    model_config_name: str | None = None
+    auto_complete_config: bool = True
+    strict_readiness: bool = True
+    exit_on_error: bool = True
+    exit_timeout_secs: float = 30.0
+    server_id: str = "triton"
+
+    allow_http: bool = True
+    http_address: str = "0.0.0.0"
+    http_port: int = 8000
+    http_max_input_size: int = 64 * 1024 * 1024
+
+    allow_grpc: bool = True
+    grpc_address: str = "0.0.0.0"
+    grpc_port: int = 8001
+
+    allow_metrics: bool = True
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = 8002
+
+    allow_client_shm: bool = False
+    log_verbose: int = 0

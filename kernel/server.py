@@ -1,0 +1,241 @@
+"""The public in-process API: the one door into the kernel, for frontends and applications alike.
+
+Shaped after Triton's own ``tritonserver`` Python package: build a ``Server`` from
+options, ``await server.start()``, then ``await server.infer(request)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, final
+
+from . import __version__
+from .classification import classify
+from .config import config_to_json
+from .errors import InvalidArgument, KernelError, NotFound, Unavailable
+from .frontend import Frontend
+from .model import ModelState, ModelVersion
+from .models import ModelManager
+from .options import ServerOptions
+from .plugins import BackendLoader, create_plugin_manager
+from .repository import RepositorySource
+from .request import InferenceRequest, InferenceResponse
+
+log = logging.getLogger(__name__)
+
+#: The extensions this server implements, in Triton's order (server metadata).
+EXTENSIONS = (
+    "classification",
+    "model_repository",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+)
+
+
+@final
+class Server:
+    """A Triton-compatible inference server running in this process."""
+
+    __slots__ = ("_backends", "_frontends", "_live", "_manager", "_plugins", "options")
+
+    def __init__(self, options: ServerOptions | None = None) -> None:
+        self.options = options or ServerOptions()
+        self._plugins = create_plugin_manager()
+        self._backends = BackendLoader(
+            self._plugins, self.options.backend_directories, self.options.backend_config
+        )
+        self._manager = ModelManager(self._sources(), self._backends, self.options)
+        self._frontends: list[Frontend] = []
+        self._live = False
+
+    def _sources(self) -> list[RepositorySource]:
+        sources = []
+        for location in self.options.model_repositories:
+            source = self._plugins.hook.tk_repository_source(location=location)
+            if source is None:
+                raise InvalidArgument(f"no repository source can read '{location}'")
+            sources.append(source)
+        return sources
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self, *, frontends: bool = True) -> None:
+        """Load the models the control mode asks for, then start the frontends."""
+        self._live = True
+        await self._load_initial_models()
+        if self.options.exit_on_error and self._failed_models():
+            failed = ", ".join(self._failed_models())
+            await self.stop()
+            raise Unavailable(f"failed to load all models: {failed}")
+        if frontends:
+            await self._start_frontends()
+
+    async def _load_initial_models(self) -> None:
+        mode = self.options.model_control_mode
+        if mode == "explicit":
+            names = self.options.load_models
+            await self._manager.load_all(None if "*" in names else names)
+        else:
+            await self._manager.load_all()
+
+    async def _start_frontends(self) -> None:
+        results = self._plugins.hook.tk_frontend_create(server=self, options=self.options)
+        for frontend in results:
+            if frontend is not None:
+                await frontend.start()
+                self._frontends.append(frontend)
+
+    async def stop(self) -> None:
+        """Stop the frontends (draining in-flight calls), then unload every model."""
+        grace = self.options.exit_timeout_secs
+        for frontend in reversed(self._frontends):
+            await frontend.stop(grace)
+        self._frontends.clear()
+        try:
+            await asyncio.wait_for(self._manager.unload_all(), grace)
+        except asyncio.TimeoutError:
+            log.warning("models did not unload within %.0f s", grace)
+        for backend in self._backends.loaded():
+            await backend.finalize()
+        self._live = False
+
+    def _failed_models(self) -> list[str]:
+        failed = []
+        for entry in self._manager.entries():
+            if entry.reason or any(not v.ready for v in entry.versions.values()):
+                failed.append(entry.name)
+        return failed
+
+    # --- health and metadata -----------------------------------------------------
+
+    def live(self) -> bool:
+        return self._live
+
+    def ready(self) -> bool:
+        """Live, and (under strict readiness) every model loaded without failure."""
+        if not self._live:
+            return False
+        return not (self.options.strict_readiness and self._failed_models())
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.options.server_id,
+            "version": __version__,
+            "extensions": list(EXTENSIONS),
+        }
+
+    def model_ready(self, name: str, version: int = -1) -> bool:
+        try:
+            self._manager.get(name, version)
+        except KernelError:
+            return False
+        return True
+
+    def model(self, name: str, version: int = -1) -> ModelVersion:
+        """The ready version a request for ``name``/``version`` reaches (or a typed error)."""
+        return self._manager.get(name, version)
+
+    def model_metadata(self, name: str, version: int = -1) -> dict[str, Any]:
+        model = self._manager.get(name, version)
+        entry = self._manager.entry(name)
+        assert entry is not None and model.signature is not None
+        batch = [-1] if model.config.max_batch_size > 0 else []
+        return {
+            "name": name,
+            "versions": [str(v.version) for v in entry.ready_versions],
+            "platform": model.config.platform or model.config.backend,
+            "inputs": [_tensor_metadata(t, batch) for t in model.signature.inputs.values()],
+            "outputs": [_tensor_metadata(t, batch) for t in model.signature.outputs.values()],
+        }
+
+    def model_config(self, name: str, version: int = -1) -> dict[str, Any]:
+        return config_to_json(self._manager.get(name, version).config)
+
+    # --- repository ------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """Triton's repository index: every model (and version) with its state."""
+        index: list[dict[str, Any]] = []
+        known = {entry.name: entry for entry in self._manager.entries()}
+        try:
+            discovered = self._manager.discover()
+        except KernelError:
+            discovered = {}
+        for name in sorted(set(known) | set(discovered)):
+            index.extend(_index_rows(name, known.get(name)))
+        if ready_only:
+            index = [row for row in index if row.get("state") == ModelState.READY.value]
+        return index
+
+    async def load_model(self, name: str) -> None:
+        if self.options.model_control_mode != "explicit":
+            raise Unavailable("explicit model load / unload is not allowed if polling is enabled")
+        entry = await self._manager.load(name)
+        reason = entry.reason or next(
+            (v.reason for v in entry.versions.values() if not v.ready), ""
+        )
+        if reason:
+            raise InvalidArgument(f"load failed for model '{name}': version {reason}")
+
+    async def unload_model(self, name: str) -> None:
+        if self.options.model_control_mode != "explicit":
+            raise Unavailable("explicit model load / unload is not allowed if polling is enabled")
+        await self._manager.unload(name)
+
+    # --- inference ---------------------------------------------------------------
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Run one request to completion and return its (non-decoupled) response."""
+        model = self._manager.get(request.model_name, request.model_version)
+        if model.config.model_transaction_policy.decoupled:
+            raise InvalidArgument(
+                "HTTP end point doesn't support models with decoupled transaction policy"
+            )
+        response = await model.infer(request)
+        return _finish(response, request, model)
+
+
+def _finish(
+    response: InferenceResponse, request: InferenceRequest, model: ModelVersion
+) -> InferenceResponse:
+    """Keep the requested outputs, in the order asked, and apply classification."""
+    response.model_name = model.name
+    response.model_version = str(model.version)
+    response.id = request.id
+    if not request.outputs:
+        return response
+    produced = {tensor.name: tensor for tensor in response.outputs}
+    outputs = []
+    for requested in request.outputs:
+        tensor = produced.get(requested.name)
+        if tensor is None:
+            raise NotFound(
+                f"output '{requested.name}' was requested but model '{model.name}' did not "
+                "produce it"
+            )
+        if requested.class_count > 0:
+            labels = model.labels.get(tensor.name, [])
+            tensor = classify(
+                tensor, requested.class_count, labels, model.config.max_batch_size > 0
+            )
+        outputs.append(tensor)
+    response.outputs = outputs
+    return response
+
+
+def _tensor_metadata(spec: Any, batch: list[int]) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": [*batch, *spec.dims]}
+
+
+def _index_rows(name: str, entry: Any) -> list[dict[str, Any]]:
+    if entry is None:
+        return [{"name": name}]
+    if not entry.versions:
+        row = {"name": name, "state": ModelState.UNAVAILABLE.value, "reason": entry.reason}
+        return [row]
+    return [
+        {"name": name, "version": str(v.version), "state": v.state.value, "reason": v.reason}
+        for v in sorted(entry.versions.values(), key=lambda v: v.version)
+    ]

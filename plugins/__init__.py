@@ -1,0 +1,1 @@
+"""Plugins shipped with the package; ``backends/`` is the default backend directory."""

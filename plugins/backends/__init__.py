@@ -1,0 +1,1 @@
+"""The built-in backends, each a folder holding a ``plugin.py`` (loaded by path)."""

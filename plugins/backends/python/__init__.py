@@ -1,0 +1,1 @@
+"""Triton's Python backend: ``model.py`` models run unchanged in worker processes."""

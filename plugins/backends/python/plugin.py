@@ -1,0 +1,196 @@
+"""The Python backend plugin: Triton ``model.py`` models, one worker process per instance."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf import json_format
+
+from triton_kernel.kernel.backend import InstanceSpec, ModelContext
+from triton_kernel.kernel.config import ModelConfig, config_to_json
+from triton_kernel.kernel.errors import InvalidArgument, KernelError, Unavailable
+from triton_kernel.kernel.hookspecs import hookimpl
+from triton_kernel.kernel.request import InferenceRequest
+
+from .worker import WorkerProcess
+
+log = logging.getLogger(__name__)
+
+#: How long a crashed worker waits before its restart, doubling up to the maximum.
+RESTART_DELAY = 0.1
+RESTART_DELAY_MAX = 10.0
+
+
+@hookimpl
+def tk_backend_create(name: str, settings: dict[str, str]) -> PythonBackend | None:
+    return PythonBackend(settings) if name == "python" else None
+
+
+class PythonBackend:
+    name = "python"
+
+    def __init__(self, settings: dict[str, str]) -> None:
+        self.settings = settings
+
+    async def load_model(self, context: ModelContext) -> PythonModel:
+        filename = context.config.default_model_filename or "model.py"
+        model_path = context.version_dir / filename
+        if not model_path.is_file():
+            raise Unavailable(
+                f"unable to find '{model_path}' for model '{context.name}' "
+                f"version {context.version}"
+            )
+        worker = await WorkerProcess.spawn(f"{context.name}_{context.version}", context.version_dir)
+        try:
+            await worker.call("load", str(model_path))
+            config = context.config
+            if context.auto_complete:
+                config = await _auto_complete(worker, config)
+        except BaseException:
+            await worker.kill(0)
+            raise
+        return PythonModel(context, config, model_path, worker)
+
+    async def finalize(self) -> None:
+        return None
+
+
+async def _auto_complete(worker: WorkerProcess, config: Any) -> Any:
+    completed = await worker.call("auto_complete", config_to_json(config))
+    try:
+        return json_format.ParseDict(completed, ModelConfig())
+    except json_format.ParseError as exc:
+        raise InvalidArgument(
+            f"auto_complete_config of model '{config.name}' produced an invalid "
+            f"configuration: {exc}"
+        ) from None
+
+
+class PythonModel:
+    """A loaded ``model.py``; the worker used for auto-complete becomes the first instance."""
+
+    def __init__(
+        self, context: ModelContext, config: Any, model_path: Any, worker: WorkerProcess
+    ) -> None:
+        self.context = context
+        self.config = config
+        self.model_path = model_path
+        self._spare: WorkerProcess | None = worker
+
+    async def create_instance(self, spec: InstanceSpec) -> PythonInstance:
+        worker, self._spare = self._spare, None
+        instance = PythonInstance(self, spec)
+        await instance.start(worker)
+        return instance
+
+    def initialize_args(self, spec: InstanceSpec) -> dict[str, str]:
+        """The ``args`` dict Triton passes to ``initialize`` (all strings)."""
+        return {
+            "model_config": json.dumps(config_to_json(self.config)),
+            "model_instance_kind": spec.kind.removeprefix("KIND_"),
+            "model_instance_name": spec.name,
+            "model_instance_device_id": str(spec.device_id),
+            "model_repository": str(self.context.model_dir),
+            "model_version": str(self.context.version),
+            "model_name": self.context.name,
+        }
+
+    async def finalize(self) -> None:
+        if self._spare is not None:
+            await self._spare.kill(0)
+            self._spare = None
+
+
+class PythonInstance:
+    """One instance: its worker process, restarted when it dies."""
+
+    _keys = itertools.count()
+
+    def __init__(self, model: PythonModel, spec: InstanceSpec) -> None:
+        self.model = model
+        self.spec = spec
+        self.worker: WorkerProcess | None = None
+        self._ready = asyncio.Event()
+        self._stopping = False
+        self._watch: asyncio.Task[None] | None = None
+        self._restart_delay = RESTART_DELAY
+
+    async def start(self, worker: WorkerProcess | None = None) -> None:
+        """Spawn (or adopt) a worker, load the model in it and call ``initialize``."""
+        if worker is None:
+            worker = await WorkerProcess.spawn(self.spec.name, self.model.context.version_dir)
+            try:
+                await worker.call("load", str(self.model.model_path))
+            except BaseException:
+                await worker.kill(0)
+                raise
+        worker.label = self.spec.name
+        try:
+            await worker.call("initialize", self.model.initialize_args(self.spec))
+        except BaseException:
+            await worker.kill(0)
+            raise
+        self.worker = worker
+        self._ready.set()
+        self._watch = asyncio.create_task(self._watch_worker(worker))
+
+    async def _watch_worker(self, worker: WorkerProcess) -> None:
+        await worker.closed
+        if self._stopping:
+            return
+        self._ready.clear()
+        await worker.kill(1.0)
+        log.error(
+            "the Python worker of '%s' exited (code %s); restarting it",
+            self.spec.name,
+            worker.process.returncode,
+        )
+        while not self._stopping:
+            await asyncio.sleep(self._restart_delay)
+            try:
+                await self.start()
+            except KernelError as exc:
+                self._restart_delay = min(self._restart_delay * 2, RESTART_DELAY_MAX)
+                log.error("restarting the worker of '%s' failed: %s", self.spec.name, exc)
+            else:
+                self._restart_delay = RESTART_DELAY
+                return
+
+    @property
+    def healthy(self) -> bool:
+        return self._ready.is_set()
+
+    async def execute(self, requests: Sequence[InferenceRequest]) -> None:
+        await self._ready.wait()
+        worker = self.worker
+        assert worker is not None
+        payloads = [_payload(request, next(self._keys)) for request in requests]
+        await worker.execute(requests, payloads)
+
+    async def finalize(self) -> None:
+        self._stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
+        if self.worker is not None:
+            await self.worker.stop()
+
+
+def _payload(request: InferenceRequest, key: int) -> dict[str, Any]:
+    """What the worker needs of a request to build its ``pb_utils.InferenceRequest``."""
+    return {
+        "key": key,
+        "id": request.id,
+        "model_name": request.model_name,
+        "model_version": request.model_version,
+        "inputs": [(name, tensor.data) for name, tensor in request.inputs.items()],
+        "outputs": [output.name for output in request.outputs],
+        "parameters": json.dumps(request.parameters),
+        "correlation_id": request.correlation_id,
+        "flags": request.flags,
+        "timeout": request.timeout_us,
+    }

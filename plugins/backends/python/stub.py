@@ -1,0 +1,234 @@
+"""The worker process of one Python-model instance (Triton's "stub").
+
+Started by the server as ``python stub.py <fd>`` with its end of a socket pair. One
+reader thread takes messages off the socket (so a cancellation arrives while
+``execute`` runs); the main thread loads the model and executes batches in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import json
+import logging
+import queue
+import signal
+import socket
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+import ipc
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class Worker:
+    """Holds the model object and answers the server's messages."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.send_lock = threading.Lock()
+        self.inbox: queue.Queue[Any] = queue.Queue()
+        self.model_class: Any = None
+        self.model: Any = None
+        self.decoupled = False
+        #: key -> the request object, so a cancellation can reach it.
+        self.pending: dict[int, pb_utils.InferenceRequest] = {}
+        self.loop = asyncio.new_event_loop()
+
+    def send(self, message: Any) -> None:
+        with self.send_lock:
+            ipc.send_blocking(self.sock, message)
+
+    def read_forever(self) -> None:
+        while True:
+            try:
+                message = ipc.receive_blocking(self.sock)
+            except OSError:
+                message = None
+            if message is None:
+                self.inbox.put(("exit",))
+                return
+            if message[0] == "cancel":
+                request = self.pending.get(message[1])
+                if request is not None:
+                    request._cancelled = True
+                continue
+            self.inbox.put(message)
+
+    def run(self) -> None:
+        threading.Thread(target=self.read_forever, daemon=True).start()
+        while True:
+            message = self.inbox.get()
+            kind = message[0]
+            if kind == "exit":
+                return
+            getattr(self, f"on_{kind}")(*message[1:])
+            if kind == "finalize":
+                return
+
+    # --- lifecycle messages ----------------------------------------------------------
+
+    def on_load(self, call: int, model_path: str) -> None:
+        try:
+            spec = importlib.util.spec_from_file_location("model", model_path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["model"] = module
+            spec.loader.exec_module(module)
+            self.model_class = module.TritonPythonModel
+        except BaseException as exc:
+            self.reply_error(call, exc)
+        else:
+            self.send(("reply", call, None))
+
+    def on_auto_complete(self, call: int, config: dict[str, Any]) -> None:
+        hook = getattr(self.model_class, "auto_complete_config", None)
+        try:
+            if hook is not None:
+                completed = hook(pb_utils.ModelConfig(config))
+                config = completed.as_dict() if completed is not None else config
+        except BaseException as exc:
+            self.reply_error(call, exc)
+        else:
+            self.send(("reply", call, config))
+
+    def on_initialize(self, call: int, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled"))
+        try:
+            self.model = self.model_class()
+            initialize = getattr(self.model, "initialize", None)
+            if initialize is not None:
+                self.wait(initialize(args))
+        except BaseException as exc:
+            self.reply_error(call, exc)
+        else:
+            self.send(("reply", call, None))
+
+    def on_finalize(self, call: int) -> None:
+        finalize = getattr(self.model, "finalize", None)
+        try:
+            if finalize is not None:
+                self.wait(finalize())
+        except BaseException as exc:
+            self.reply_error(call, exc)
+        else:
+            self.send(("reply", call, None))
+
+    def reply_error(self, call: int, exc: BaseException) -> None:
+        self.send(("reply_error", call, describe(exc)))
+
+    def wait(self, result: Any) -> Any:
+        """Run ``result`` to completion when a model method was ``async def``."""
+        if inspect.isawaitable(result):
+            return self.loop.run_until_complete(result)
+        return result
+
+    # --- execution ---------------------------------------------------------------------
+
+    def on_execute(self, batch: int, payloads: list[dict[str, Any]]) -> None:
+        requests = [self.make_request(payload) for payload in payloads]
+        try:
+            responses = self.wait(self.model.execute(requests))
+        except BaseException as exc:
+            self.send(("batch_error", batch, describe(exc)))
+        else:
+            self.send(("batch_done", batch, self.encode_responses(requests, responses)))
+        finally:
+            for payload in payloads:
+                self.pending.pop(payload["key"], None)
+
+    def make_request(self, payload: dict[str, Any]) -> pb_utils.InferenceRequest:
+        inputs = [pb_utils.Tensor(name, array) for name, array in payload["inputs"]]
+        request = pb_utils.InferenceRequest(
+            request_id=payload["id"],
+            correlation_id=payload["correlation_id"],
+            inputs=inputs,
+            requested_output_names=payload["outputs"],
+            model_name=payload["model_name"],
+            model_version=payload["model_version"],
+            flags=payload["flags"],
+            timeout=payload["timeout"],
+            parameters=payload["parameters"],
+        )
+        key = payload["key"]
+        self.pending[key] = request
+        if self.decoupled:
+            request._sender = pb_utils.InferenceResponseSender(
+                lambda response, flags: self.send(("send", key, encode_response(response), flags)),
+                request.is_cancelled,
+            )
+        return request
+
+    def encode_responses(self, requests: list[Any], responses: Any) -> list[Any]:
+        if self.decoupled:
+            return []
+        if not isinstance(responses, (list, tuple)) or len(responses) != len(requests):
+            count = len(responses) if isinstance(responses, (list, tuple)) else "no list of"
+            message = (
+                f"Number of InferenceResponse objects do not match the number of "
+                f"InferenceRequest objects. InferenceRequest(s) size is:{len(requests)}, "
+                f"and InferenceResponse(s) size is:{count}\n"
+            )
+            return [("error", "INTERNAL", message)] * len(requests)
+        return [encode_response(response) for response in responses]
+
+
+def encode_response(response: Any) -> Any:
+    """A response as the server reads it: ("ok", outputs, parameters) or ("error", code, text)."""
+    if response is None:
+        return None
+    if not isinstance(response, pb_utils.InferenceResponse):
+        return (
+            "error",
+            "INTERNAL",
+            f"Expected an InferenceResponse, got {type(response).__name__}",
+        )
+    error = response.error()
+    if error is not None:
+        code = pb_utils.TritonError.CODE_NAMES.get(error.code(), "INTERNAL")
+        return ("error", code, error.message())
+    outputs = [(t.name(), np.ascontiguousarray(t.as_numpy())) for t in response.output_tensors()]
+    return ("ok", outputs, json.loads(response.parameters()))
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as Triton's stub reports it: type, message and the model's frames."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    lines = [f"  {frame.filename}({frame.lineno}): {frame.name}" for frame in frames[1:]]
+    text = f"{type(exc).__name__}: {exc}"
+    if lines:
+        text += "\n\nAt:\n" + "\n".join(reversed(lines)) + "\n"
+    return text
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker if the server dies without stopping it (no orphans)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when a worker stops
+    _die_with_parent()
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(levelname).1s %(name)s] %(message)s"
+    )
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    sock.setblocking(True)
+    sys.path.insert(0, str(Path(sys.argv[2]).resolve()))  # the model's own modules
+    Worker(sock).run()
+
+
+if __name__ == "__main__":
+    main()

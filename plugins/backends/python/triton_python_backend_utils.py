@@ -1,0 +1,448 @@
+"""``triton_python_backend_utils`` as Triton's Python models import it (``pb_utils``).
+
+Keeps Triton's shape exactly (accessor methods such as ``tensor.as_numpy()`` and
+``request.inputs()``, ``TritonError(message, code)``, ``request.parameters()`` as a
+JSON string) so that models written for Triton run unchanged in our workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+# --- constants ------------------------------------------------------------------
+
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
+TRITONSERVER_REQUEST_RELEASE_ALL = 1
+TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
+
+_TYPES: dict[str, tuple[int, Any]] = {
+    "TYPE_BOOL": (1, np.bool_),
+    "TYPE_UINT8": (2, np.uint8),
+    "TYPE_UINT16": (3, np.uint16),
+    "TYPE_UINT32": (4, np.uint32),
+    "TYPE_UINT64": (5, np.uint64),
+    "TYPE_INT8": (6, np.int8),
+    "TYPE_INT16": (7, np.int16),
+    "TYPE_INT32": (8, np.int32),
+    "TYPE_INT64": (9, np.int64),
+    "TYPE_FP16": (10, np.float16),
+    "TYPE_FP32": (11, np.float32),
+    "TYPE_FP64": (12, np.float64),
+    "TYPE_STRING": (13, np.object_),
+}
+_NUMPY_BY_NUMBER = {number: dtype for number, dtype in _TYPES.values()}
+_WIRE_NAMES = {
+    "TYPE_STRING": "BYTES",
+    **{name: name.removeprefix("TYPE_") for name in _TYPES if name != "TYPE_STRING"},
+}
+
+
+def triton_string_to_numpy(triton_type_string: str) -> Any:
+    """``"TYPE_FP32"`` -> ``np.float32`` (``TYPE_STRING`` -> ``np.object_``)."""
+    return _TYPES[triton_type_string][1]
+
+
+def triton_to_numpy_type(data_type: int) -> Any:
+    """Triton's ``DataType`` number -> numpy type."""
+    return _NUMPY_BY_NUMBER[data_type]
+
+
+def numpy_to_triton_type(data_type: Any) -> int | None:
+    """numpy type -> Triton's ``DataType`` number (None when Triton has no such type)."""
+    dtype = np.dtype(data_type)
+    if dtype.kind in "OSU":
+        return 13
+    for number, candidate in _NUMPY_BY_NUMBER.items():
+        if candidate is not np.object_ and np.dtype(candidate) == dtype:
+            return number
+    return None
+
+
+def serialize_byte_tensor(input_tensor: np.ndarray) -> np.ndarray:
+    """Triton's length-prefixed encoding of a BYTES array, as a flat uint8 array."""
+    chunks = []
+    for item in np.asarray(input_tensor, dtype=np.object_).reshape(-1):
+        data = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        chunks.append(struct.pack("<I", len(data)) + data)
+    return np.frombuffer(b"".join(chunks), dtype=np.uint8)
+
+
+def deserialize_bytes_tensor(encoded_tensor: bytes) -> np.ndarray:
+    """The inverse of ``serialize_byte_tensor``: a flat object array of ``bytes``."""
+    items, offset, view = [], 0, memoryview(encoded_tensor)
+    while offset < len(view):
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    result = np.empty(len(items), dtype=np.object_)
+    result[:] = items
+    return result
+
+
+# --- errors ----------------------------------------------------------------------
+
+
+class TritonError(Exception):
+    """An error a model reports for a request (``InferenceResponse(error=...)``)."""
+
+    UNKNOWN = 0
+    INTERNAL = 1
+    NOT_FOUND = 2
+    INVALID_ARG = 3
+    UNAVAILABLE = 4
+    UNSUPPORTED = 5
+    ALREADY_EXISTS = 6
+    CANCELLED = 7
+
+    #: Code number -> the kernel's error code name.
+    CODE_NAMES = {
+        0: "UNKNOWN",
+        1: "INTERNAL",
+        2: "NOT_FOUND",
+        3: "INVALID_ARG",
+        4: "UNAVAILABLE",
+        5: "UNSUPPORTED",
+        6: "ALREADY_EXISTS",
+        7: "CANCELLED",
+    }
+
+    def __init__(self, message: str, code: int = INTERNAL) -> None:
+        super().__init__(message)
+        self._message = message
+        self._code = code
+
+    def message(self) -> str:
+        return self._message
+
+    def code(self) -> int:
+        return self._code
+
+
+class TritonModelException(Exception):
+    """Raised by pb_utils calls that fail (Triton's name for it)."""
+
+
+# --- tensors ---------------------------------------------------------------------
+
+
+class Tensor:
+    """A named numpy array (inputs the model reads, outputs it returns)."""
+
+    __slots__ = ("_array", "_name")
+
+    def __init__(self, name: str, data: Any) -> None:
+        if not isinstance(data, np.ndarray):
+            raise TritonModelException(
+                f"Tensor '{name}': data must be a numpy array, got {type(data).__name__}"
+            )
+        if data.dtype.kind in "SU":
+            data = data.astype(np.object_)
+        self._name = name
+        self._array = data
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+    def shape(self) -> list[int]:
+        return list(self._array.shape)
+
+    def triton_dtype(self) -> int | None:
+        return numpy_to_triton_type(self._array.dtype)
+
+    def is_cpu(self) -> bool:
+        return True
+
+    def to_dlpack(self) -> Any:
+        return self._array.__dlpack__()
+
+    @staticmethod
+    def from_dlpack(name: str, capsule: Any) -> Tensor:
+        return Tensor(name, np.from_dlpack(capsule))
+
+    def __repr__(self) -> str:
+        shape, dtype = list(self._array.shape), self._array.dtype
+        return f"Tensor(name={self._name!r}, shape={shape}, dtype={dtype})"
+
+
+# --- requests and responses --------------------------------------------------------
+
+
+class InferenceResponse:
+    """What ``execute`` returns per request: output tensors, or an error."""
+
+    def __init__(
+        self,
+        output_tensors: list[Tensor] | None = None,
+        error: TritonError | str | None = None,
+        parameters: dict[str, Any] | str | None = None,
+    ) -> None:
+        self._outputs = list(output_tensors or [])
+        if isinstance(error, str):
+            error = TritonError(error)
+        self._error = error
+        if isinstance(parameters, str):
+            parameters = json.loads(parameters)
+        self._parameters = dict(parameters or {})
+
+    def output_tensors(self) -> list[Tensor]:
+        return self._outputs
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> TritonError | None:
+        return self._error
+
+    def parameters(self) -> str:
+        return json.dumps(self._parameters)
+
+
+class InferenceResponseSender:
+    """Sends responses of a decoupled model, zero or many, then the FINAL flag."""
+
+    def __init__(
+        self,
+        send: Callable[[InferenceResponse | None, int], None],
+        is_cancelled: Callable[[], bool],
+    ) -> None:
+        self._send = send
+        self._is_cancelled = is_cancelled
+        self._closed = False
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        if self._closed:
+            raise TritonModelException("Unable to send response. Response sender has been closed.")
+        if flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+            self._closed = True
+        self._send(response, flags)
+
+    def is_cancelled(self) -> bool:
+        return self._is_cancelled()
+
+
+class InferenceRequest:
+    """A request as ``execute`` receives it (and, for BLS, as a model builds one)."""
+
+    def __init__(
+        self,
+        request_id: str = "",
+        correlation_id: int | str = 0,
+        inputs: list[Tensor] | None = None,
+        requested_output_names: list[str] | None = None,
+        model_name: str = "",
+        model_version: int = -1,
+        flags: int = 0,
+        timeout: int = 0,
+        parameters: dict[str, Any] | str | None = None,
+        **_ignored: Any,
+    ) -> None:
+        self._request_id = request_id
+        self._correlation_id = correlation_id
+        self._inputs = list(inputs or [])
+        self._requested_output_names = list(requested_output_names or [])
+        self._model_name = model_name
+        self._model_version = model_version
+        self._flags = flags
+        self._timeout = timeout
+        self._parameters = (
+            parameters if isinstance(parameters, str) else json.dumps(parameters or {})
+        )
+        self._cancelled = False
+        self._sender: InferenceResponseSender | None = None
+
+    def inputs(self) -> list[Tensor]:
+        return self._inputs
+
+    def get_input_tensor_by_name(self, name: str) -> Tensor | None:
+        for tensor in self._inputs:
+            if tensor.name() == name:
+                return tensor
+        return None
+
+    def requested_output_names(self) -> list[str]:
+        return self._requested_output_names
+
+    def request_id(self) -> str:
+        return self._request_id
+
+    def correlation_id(self) -> int | str:
+        return self._correlation_id
+
+    def model_name(self) -> str:
+        return self._model_name
+
+    def model_version(self) -> int:
+        return self._model_version
+
+    def flags(self) -> int:
+        return self._flags
+
+    def timeout(self) -> int:
+        return self._timeout
+
+    def parameters(self) -> str:
+        return self._parameters
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled
+
+    def get_response_sender(self) -> InferenceResponseSender:
+        if self._sender is None:
+            raise TritonModelException(
+                "get_response_sender is only available for requests of decoupled models"
+            )
+        return self._sender
+
+    def exec(self, decoupled: bool = False) -> Any:
+        raise TritonModelException("BLS requests are not supported by this server yet")
+
+    async def async_exec(self, decoupled: bool = False) -> Any:
+        raise TritonModelException("BLS requests are not supported by this server yet")
+
+
+def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
+    return request.get_input_tensor_by_name(name)
+
+
+def get_output_tensor_by_name(response: InferenceResponse, name: str) -> Tensor | None:
+    for tensor in response.output_tensors():
+        if tensor.name() == name:
+            return tensor
+    return None
+
+
+def get_input_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((t for t in model_config.get("input", []) if t.get("name") == name), None)
+
+
+def get_output_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((t for t in model_config.get("output", []) if t.get("name") == name), None)
+
+
+# --- auto-complete ------------------------------------------------------------------
+
+
+class ModelConfig:
+    """The configuration ``auto_complete_config`` receives and completes (a JSON dict)."""
+
+    def __init__(self, model_config: dict[str, Any] | str) -> None:
+        if isinstance(model_config, str):
+            model_config = json.loads(model_config)
+        self._config = model_config
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._config
+
+    def max_batch_size(self) -> int:
+        return int(self._config.get("max_batch_size", 0))
+
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        current = self.max_batch_size()
+        if current not in (0, max_batch_size) and self._has_config_file():
+            raise ValueError(
+                f"configuration specified max_batch_size {current}, but in auto-complete-config "
+                f"function for model '{self._config.get('name')}' specified max_batch_size "
+                f"{max_batch_size}"
+            )
+        self._config["max_batch_size"] = max_batch_size
+
+    def set_dynamic_batching(self) -> None:
+        self._config.setdefault("dynamic_batching", {})
+
+    def set_model_transaction_policy(self, transaction_policy_dict: dict[str, Any]) -> None:
+        self._config.setdefault("model_transaction_policy", {}).update(transaction_policy_dict)
+
+    def add_input(self, input: dict[str, Any]) -> None:
+        self._add_tensor("input", input)
+
+    def add_output(self, output: dict[str, Any]) -> None:
+        self._add_tensor("output", output)
+
+    def _add_tensor(self, kind: str, tensor: dict[str, Any]) -> None:
+        for key in ("name", "data_type", "dims"):
+            if key not in tensor:
+                raise ValueError(
+                    f"{kind} '{tensor.get('name', '')}' in auto-complete-config function for "
+                    f"model '{self._config.get('name')}' is missing '{key}' property."
+                )
+        tensors = self._config.setdefault(kind, [])
+        for existing in tensors:
+            if existing.get("name") == tensor["name"]:
+                self._merge(kind, existing, tensor)
+                return
+        tensors.append({**tensor, "dims": list(tensor["dims"])})
+
+    def _merge(self, kind: str, existing: dict[str, Any], tensor: dict[str, Any]) -> None:
+        for key in ("data_type", "dims"):
+            if existing.get(key) and [*map(str, np.atleast_1d(existing[key]))] != [
+                *map(str, np.atleast_1d(tensor[key]))
+            ]:
+                raise ValueError(
+                    f"model '{self._config.get('name')}', tensor '{tensor['name']}': the model "
+                    f"expects {key} {tensor[key]} but the model configuration specifies "
+                    f"{key} {existing[key]}"
+                )
+        existing.update({k: v for k, v in tensor.items() if k not in existing})
+
+    def _has_config_file(self) -> bool:
+        return bool(self._config.get("input") or self._config.get("output"))
+
+
+# --- logging ---------------------------------------------------------------------------
+
+
+class LogLevel:
+    INFO = 0
+    WARNING = 1
+    ERROR = 2
+    VERBOSE = 3
+
+
+_log = logging.getLogger("triton_python_backend")
+
+
+class Logger:
+    """Log lines from a model, shown in the server's log."""
+
+    @staticmethod
+    def log(message: str, level: int = LogLevel.INFO) -> None:
+        python_level = {
+            LogLevel.INFO: logging.INFO,
+            LogLevel.WARNING: logging.WARNING,
+            LogLevel.ERROR: logging.ERROR,
+            LogLevel.VERBOSE: logging.DEBUG,
+        }.get(level, logging.INFO)
+        _log.log(python_level, "%s", message)
+
+    @staticmethod
+    def log_info(message: str) -> None:
+        Logger.log(message, LogLevel.INFO)
+
+    @staticmethod
+    def log_warn(message: str) -> None:
+        Logger.log(message, LogLevel.WARNING)
+
+    @staticmethod
+    def log_error(message: str) -> None:
+        Logger.log(message, LogLevel.ERROR)
+
+    @staticmethod
+    def log_verbose(message: str) -> None:
+        Logger.log(message, LogLevel.VERBOSE)
+
+
+if "triton_python_backend_utils" not in sys.modules:  # reachable by Triton's import name
+    sys.modules["triton_python_backend_utils"] = sys.modules[__name__]

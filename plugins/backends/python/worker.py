@@ -1,0 +1,171 @@
+"""The server's handle on one worker process: spawn it, call it, send it batches, stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from triton_kernel.kernel.datatypes import datatype_of
+from triton_kernel.kernel.errors import Internal, KernelError, Unavailable
+from triton_kernel.kernel.request import InferenceRequest, InferenceResponse
+from triton_kernel.kernel.tensor import Tensor
+
+from . import ipc
+
+log = logging.getLogger(__name__)
+
+STUB = Path(__file__).resolve().parent / "stub.py"
+
+
+class WorkerProcess:
+    """A running stub process and what is in flight on its channel."""
+
+    def __init__(self, label: str, process: asyncio.subprocess.Process) -> None:
+        self.label = label
+        self.process = process
+        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._batches: dict[int, tuple[Sequence[InferenceRequest], asyncio.Future[None]]] = {}
+        self._ids = itertools.count()
+        self._channel: ipc.AsyncChannel | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def spawn(cls, label: str, version_dir: Path) -> WorkerProcess:
+        server_end, worker_end = ipc.socket_pair()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(STUB),
+                str(worker_end.fileno()),
+                str(version_dir),
+                pass_fds=(worker_end.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            server_end.close()
+            raise Unavailable(f"unable to start the Python worker for '{label}': {exc}") from None
+        finally:
+            worker_end.close()
+        worker = cls(label, process)
+        loop = asyncio.get_running_loop()
+        worker._channel = ipc.AsyncChannel(server_end, loop, worker._on_message, worker._on_closed)
+        return worker
+
+    # --- calls ---------------------------------------------------------------------------
+
+    async def call(self, kind: str, *args: Any) -> Any:
+        """Send a lifecycle message and await its reply (raises the worker's error)."""
+        call = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._calls[call] = future
+        self._send((kind, call, *args))
+        return await future
+
+    async def execute(self, requests: Sequence[InferenceRequest], payloads: list[dict]) -> None:
+        """Run one batch; each request is answered when the worker reports the batch done."""
+        batch = next(self._ids)
+        done = asyncio.get_running_loop().create_future()
+        self._batches[batch] = (requests, done)
+        self._send(("execute", batch, payloads))
+        await done
+
+    def cancel(self, key: int) -> None:
+        if not self.closed.done():
+            self._send(("cancel", key))
+
+    def _send(self, message: Any) -> None:
+        if self._channel is None or self.closed.done():
+            raise Unavailable(f"the Python worker of '{self.label}' is not running")
+        try:
+            self._channel.send(message)
+        except ConnectionError:
+            raise Unavailable(f"the Python worker of '{self.label}' is not running") from None
+
+    # --- messages from the worker ------------------------------------------------------------
+
+    def _on_message(self, message: Any) -> None:
+        kind = message[0]
+        if kind == "reply":
+            _resolve(self._calls.pop(message[1], None), message[2])
+        elif kind == "reply_error":
+            _reject(self._calls.pop(message[1], None), Internal(message[2]))
+        elif kind == "batch_done":
+            requests, done = self._batches.pop(message[1])
+            for request, result in zip(requests, message[2], strict=False):
+                deliver(request, result)
+            _resolve(done, None)
+        elif kind == "batch_error":
+            requests, done = self._batches.pop(message[1])
+            error = Internal(
+                f"Failed to process the request(s) for model instance '{self.label}', "
+                f"message: {message[2]}"
+            )
+            for request in requests:
+                request.fail(error)
+            _resolve(done, None)
+        else:
+            log.warning("unexpected message %r from the worker of '%s'", kind, self.label)
+
+    def _on_closed(self) -> None:
+        """The worker's socket closed: fail whatever it held."""
+        error = Unavailable(f"Stub process '{self.label}' is not healthy: it exited unexpectedly")
+        for future in self._calls.values():
+            _reject(future, error)
+        self._calls.clear()
+        for requests, done in self._batches.values():
+            for request in requests:
+                request.fail(error)
+            _resolve(done, None)
+        self._batches.clear()
+        _resolve(self.closed, None)
+
+    # --- stopping ------------------------------------------------------------------------------
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Finalize the model in the worker, then make sure the process is gone."""
+        if not self.closed.done():
+            try:
+                await asyncio.wait_for(self.call("finalize"), timeout)
+            except (KernelError, asyncio.TimeoutError) as exc:
+                log.warning("finalize of '%s' did not complete: %s", self.label, exc)
+        await self.kill(timeout)
+
+    async def kill(self, timeout: float = 5.0) -> None:
+        if self.process.returncode is None:
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except asyncio.TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        if self._channel is not None:
+            self._channel.close()
+
+
+def deliver(request: InferenceRequest, result: Any) -> None:
+    """Answer ``request`` with the worker's encoded response."""
+    if result is None:
+        request.fail(Internal("the model returned None instead of an InferenceResponse"))
+    elif result[0] == "error":
+        request.fail(KernelError.from_code(result[1], result[2]))
+    else:
+        _kind, outputs, parameters = result
+        tensors = [Tensor(name, datatype_of(array), array) for name, array in outputs]
+        request.respond(
+            InferenceResponse(request.model_name, "", outputs=tensors, parameters=parameters)
+        )
+
+
+def _resolve(future: asyncio.Future[Any] | None, value: Any) -> None:
+    if future is not None and not future.done():
+        future.set_result(value)
+
+
+def _reject(future: asyncio.Future[Any] | None, error: BaseException) -> None:
+    if future is not None and not future.done():
+        future.set_exception(error)

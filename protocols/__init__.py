@@ -1,0 +1,1 @@
+"""Protocol frontends (HTTP, later gRPC and metrics) and the wire definitions they share."""

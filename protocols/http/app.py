@@ -1,0 +1,77 @@
+"""The aiohttp application: Triton's routes over the handlers, and the frontend that serves it."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from triton_kernel.kernel.options import ServerOptions
+from triton_kernel.kernel.server import Server
+
+from . import handlers
+from .errors import error_middleware
+
+log = logging.getLogger(__name__)
+
+_MODEL = "/v2/models/{model}"
+_VERSIONED = "/v2/models/{model}/versions/{version}"
+
+
+def create_app(server: Server, max_input_size: int) -> web.Application:
+    app = web.Application(client_max_size=max_input_size, middlewares=[error_middleware])
+    app[handlers.SERVER] = server
+    routes = [
+        web.get("/v2/health/live", handlers.health_live, allow_head=False),
+        web.get("/v2/health/ready", handlers.health_ready, allow_head=False),
+        web.get("/v2", handlers.server_metadata, allow_head=False),
+        web.post("/v2/repository/index", handlers.repository_index),
+        web.post("/v2/repository/models/{model}/load", handlers.repository_load),
+        web.post("/v2/repository/models/{model}/unload", handlers.repository_unload),
+    ]
+    for prefix in (_MODEL, _VERSIONED):
+        routes += [
+            web.get(prefix, handlers.model_metadata, allow_head=False),
+            web.get(f"{prefix}/ready", handlers.model_ready, allow_head=False),
+            web.get(f"{prefix}/config", handlers.model_config, allow_head=False),
+            web.post(f"{prefix}/infer", handlers.infer),
+        ]
+    app.add_routes(routes)
+    return app
+
+
+class HttpFrontend:
+    """Serves the application on ``--http-address``:``--http-port``."""
+
+    name = "http"
+
+    def __init__(self, server: Server, options: ServerOptions) -> None:
+        self._app = create_app(server, options.http_max_input_size)
+        self._address = options.http_address
+        self._port = options.http_port
+        self._grace = options.exit_timeout_secs
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``--http-port=0``)."""
+        assert self._runner is not None
+        return self._runner.addresses[0][1]
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(
+            self._app,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=self._grace,
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._address, self._port, reuse_address=True)
+        await site.start()
+        log.info("Started HTTPService at %s:%d", self._address, self.port)
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop accepting; in-flight requests finish within the runner's shutdown timeout."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,139 @@
+"""The HTTP handlers: read the path and body, call the ``Server``, encode the answer."""
+
+from __future__ import annotations
+
+import zlib
+
+import orjson
+from aiohttp import web
+
+from triton_kernel.kernel.errors import InvalidArgument
+from triton_kernel.kernel.server import Server
+
+from .codec import decode_request, encode_response
+
+SERVER = web.AppKey("server", Server)
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def _json(document: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(document), content_type="application/json")
+
+
+def _version(request: web.Request) -> int:
+    text = request.match_info.get("version", "")
+    if not text:
+        return -1
+    if not text.isdigit():
+        raise InvalidArgument(f"failed to parse model version '{text}': expected an integer")
+    return int(text)
+
+
+def _status(ok: bool) -> web.Response:
+    return web.Response(status=200 if ok else 400)
+
+
+# --- health and metadata ------------------------------------------------------------------
+
+
+async def health_live(request: web.Request) -> web.Response:
+    return _status(request.app[SERVER].live())
+
+
+async def health_ready(request: web.Request) -> web.Response:
+    return _status(request.app[SERVER].ready())
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    return _json(request.app[SERVER].metadata())
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    return _status(request.app[SERVER].model_ready(name, _version(request)))
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    return _json(request.app[SERVER].model_metadata(name, _version(request)))
+
+
+async def model_config(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    return _json(request.app[SERVER].model_config(name, _version(request)))
+
+
+# --- inference -------------------------------------------------------------------------------
+
+
+async def infer(request: web.Request) -> web.StreamResponse:
+    server = request.app[SERVER]
+    name, version = request.match_info["model"], _version(request)
+    if server.model(name, version).config.model_transaction_policy.decoupled:
+        raise InvalidArgument(
+            "HTTP end point doesn't support models with decoupled transaction policy"
+        )
+    body = await _read_body(request)
+    inference, binary_default = decode_request(name, version, body, _header_length(request, body))
+    response = await server.infer(inference)
+    payload, json_length = encode_response(response, inference.outputs, binary_default)
+    reply = web.Response(body=payload)
+    if json_length is None:
+        reply.content_type = "application/json"
+    else:
+        reply.content_type = "application/octet-stream"
+        reply.headers[HEADER_LENGTH] = str(json_length)
+    if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get(
+        "Accept-Encoding", ""
+    ):
+        reply.enable_compression()
+    return reply
+
+
+async def _read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except zlib.error as exc:
+        raise InvalidArgument(f"failed to decompress the request body: {exc}") from None
+
+
+def _header_length(request: web.Request, body: bytes) -> int | None:
+    text = request.headers.get(HEADER_LENGTH)
+    if text is None:
+        return None
+    try:
+        length = int(text)
+    except ValueError:
+        raise InvalidArgument(
+            f"invalid {HEADER_LENGTH} header '{text}': expected a non-negative integer"
+        ) from None
+    if length < 0 or length > len(body):
+        raise InvalidArgument(
+            f"{HEADER_LENGTH} {length} is out of range for a request body of {len(body)} bytes"
+        )
+    return length
+
+
+# --- model repository --------------------------------------------------------------------------
+
+
+async def repository_index(request: web.Request) -> web.Response:
+    body = await request.read()
+    ready = False
+    if body:
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from None
+        ready = bool(document.get("ready", False)) if isinstance(document, dict) else False
+    return _json(request.app[SERVER].repository_index(ready))
+
+
+async def repository_load(request: web.Request) -> web.Response:
+    await request.app[SERVER].load_model(request.match_info["model"])
+    return web.Response(status=200)
+
+
+async def repository_unload(request: web.Request) -> web.Response:
+    await request.app[SERVER].unload_model(request.match_info["model"])
+    return web.Response(status=200)

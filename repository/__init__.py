@@ -1,0 +1,1 @@
+"""Repository sources as plugins: where model folders come from."""
