@@ -24,7 +24,7 @@ log = logging.getLogger("triton_kernel")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"triton-kernel: error: {message}\n")
 
 
 def _bool(text: str) -> bool:

@@ -93,11 +93,12 @@ class ModelVersion:
         if self.scheduler is not None:
             await self.scheduler.drain_and_stop()
             self.scheduler = None
-        for instance in self.instances:
-            try:
-                await instance.finalize()
-            except Exception:
-                log.exception("finalizing an instance of model '%s' failed", self.name)
+        results = await asyncio.gather(
+            *(instance.finalize() for instance in self.instances), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, Exception):
+                log.error("finalizing an instance of model '%s' failed: %s", self.name, result)
         self.instances = []
         if self.backend_model is not None:
             try:

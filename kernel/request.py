@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +107,12 @@ class InferenceRequest:
         """Fail the request with a typed error; ignored when the caller has gone."""
         if self._future is not None and not self._future.done():
             self._future.set_exception(error)
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` if the caller stops waiting (a running model may then stop early)."""
+        if self._future is None:
+            return
+        self._future.add_done_callback(lambda future: callback() if future.cancelled() else None)
 
     def cancel(self) -> None:
         if self._future is not None and not self._future.done():

@@ -170,6 +170,8 @@ class PythonInstance:
         worker = self.worker
         assert worker is not None
         payloads = [_payload(request, next(self._keys)) for request in requests]
+        for request, payload in zip(requests, payloads, strict=True):
+            request.on_cancel(lambda key=payload["key"]: worker.cancel(key))
         await worker.execute(requests, payloads)
 
     async def finalize(self) -> None:

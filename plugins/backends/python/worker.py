@@ -137,14 +137,15 @@ class WorkerProcess:
         await self.kill(timeout)
 
     async def kill(self, timeout: float = 5.0) -> None:
+        """Close the channel (the worker exits on end-of-file), then reap the process."""
+        if self._channel is not None:
+            self._channel.close()
         if self.process.returncode is None:
             try:
                 await asyncio.wait_for(self.process.wait(), timeout)
             except asyncio.TimeoutError:
                 self.process.kill()
                 await self.process.wait()
-        if self._channel is not None:
-            self._channel.close()
 
 
 def deliver(request: InferenceRequest, result: Any) -> None:
