@@ -118,7 +118,8 @@ def instance_specs(config: Any) -> list[InstanceSpec]:
         devices = (list(group.gpus) or [0]) if kind == "KIND_GPU" else [0]
         pairs = [(device, n) for device in devices for n in range(group.count)]
         for index, (device, _) in enumerate(pairs):
-            specs.append(InstanceSpec(f"{group.name}_{index}", kind, device))
+            name = group.name if len(pairs) == 1 else f"{group.name}_{index}"
+            specs.append(InstanceSpec(name, kind, device))
     return specs
 
 

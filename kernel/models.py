@@ -92,11 +92,13 @@ class ModelManager:
             raise NotFound(f"Request for unknown model: '{name}' is not found")
         if version < 0:
             ready = entry.ready_versions
+            if not ready and not entry.versions:
+                raise NotFound(f"Request for unknown model: '{name}' is not found")
             if not ready:
-                raise Unavailable(f"Request for unknown model: '{name}' has no available versions")
+                raise NotFound(f"Request for unknown model: '{name}' has no available versions")
             return max(ready, key=lambda v: v.version)
         found = entry.versions.get(version)
-        if found is None:
+        if found is None or found.state is ModelState.UNAVAILABLE:
             raise NotFound(f"Request for unknown model: '{name}' version {version} is not found")
         if not found.ready:
             raise Unavailable(

@@ -13,7 +13,7 @@ from typing import Any, final
 from . import __version__
 from .classification import classify
 from .config import config_to_json
-from .errors import InvalidArgument, KernelError, NotFound, Unavailable
+from .errors import InvalidArgument, KernelError, NotFound, Unavailable, Unsupported
 from .frontend import Frontend
 from .model import ModelState, ModelVersion
 from .models import ModelManager
@@ -190,8 +190,9 @@ class Server:
         """Run one request to completion and return its (non-decoupled) response."""
         model = self._manager.get(request.model_name, request.model_version)
         if model.config.model_transaction_policy.decoupled:
-            raise InvalidArgument(
-                "HTTP end point doesn't support models with decoupled transaction policy"
+            raise Unsupported(
+                f"model '{model.name}' is decoupled: its responses are streamed, use a "
+                "streaming call"
             )
         response = await model.infer(request)
         return _finish(response, request, model)

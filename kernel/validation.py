@@ -7,11 +7,12 @@ checks are plain dictionary and tuple comparisons.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import prod
 from typing import Any
 
 from triton_kernel.protocols.proto.model_config import DATA_TYPE
 
-from .datatypes import config_to_wire
+from .datatypes import ELEMENT_SIZES, config_to_wire
 from .errors import InvalidArgument
 from .request import InferenceRequest
 
@@ -57,12 +58,10 @@ def _prefix(request: InferenceRequest) -> str:
 def validate_request(request: InferenceRequest, signature: Signature) -> None:
     """Raise ``InvalidArgument`` unless ``request`` fits the model's inputs and outputs."""
     model = signature.model_name
+    _check_input_count(request, signature)
     for input_name in request.inputs:
         if input_name not in signature.inputs:
-            raise InvalidArgument(
-                f"{_prefix(request)}unexpected inference input '{input_name}' for model '{model}'"
-            )
-    _check_required_inputs(request, signature)
+            raise InvalidArgument(f"unexpected inference input '{input_name}' for model '{model}'")
     batched = _check_batch_size(request, signature)
     for input_name, tensor in request.inputs.items():
         spec = signature.inputs[input_name]
@@ -80,16 +79,19 @@ def validate_request(request: InferenceRequest, signature: Signature) -> None:
             )
 
 
-def _check_required_inputs(request: InferenceRequest, signature: Signature) -> None:
+def _check_input_count(request: InferenceRequest, signature: Signature) -> None:
+    """Triton counts inputs first: all of them, or the required ones when some are optional."""
     required = [name for name, spec in signature.inputs.items() if not spec.optional]
     missing = [name for name in required if name not in request.inputs]
-    if missing:
-        got = ", ".join(f"'{name}'" for name in request.inputs)
-        want = ", ".join(f"'{name}'" for name in missing)
+    has_optional = len(required) != len(signature.inputs)
+    if missing or (not has_optional and len(request.inputs) != len(required)):
+        got = ",".join(f"'{name}'" for name in request.inputs)
+        want = ",".join(f"'{name}'" for name in missing)
+        want = f"[{want}]" if want else "]"
         raise InvalidArgument(
             f"{_prefix(request)}expected {len(required)} inputs but got "
             f"{len(request.inputs)} inputs for model '{signature.model_name}'. Got input(s) "
-            f"[{got}], but missing required input(s) [{want}]. Please provide all required "
+            f"[{got}], but missing required input(s) {want}. Please provide all required "
             "input(s)."
         )
 
@@ -98,12 +100,21 @@ def _check_batch_size(request: InferenceRequest, signature: Signature) -> bool:
     """Whether the request carries a batch dimension (checked against max_batch_size)."""
     if signature.max_batch_size <= 0 or not request.inputs:
         return False
-    sizes = {tensor.shape[0] if tensor.shape else 0 for tensor in request.inputs.values()}
-    batch = max(sizes)
-    if len(sizes) > 1 or batch < 1 or batch > signature.max_batch_size:
+    model = signature.model_name
+    batch = None
+    for name, tensor in request.inputs.items():
+        if not tensor.shape:
+            return True  # reported as a shape without its batch dimension
+        if batch is not None and tensor.shape[0] != batch:
+            raise InvalidArgument(
+                f"{_prefix(request)}input '{name}' batch size does not match other inputs "
+                f"for '{model}'"
+            )
+        batch = tensor.shape[0]
+    if batch is not None and batch > signature.max_batch_size:
         raise InvalidArgument(
             f"{_prefix(request)}inference request batch-size must be <= "
-            f"{signature.max_batch_size} for '{signature.model_name}'"
+            f"{signature.max_batch_size} for '{model}'"
         )
     return True
 
@@ -118,12 +129,27 @@ def _check_shape(
     actual = shape[1:] if batched else shape
     dims = spec.dims
     if len(dims) == len(actual) and all(d in (-1, a) for d, a in zip(dims, actual, strict=True)):
+        if batched and shape[0] == 0 and spec.datatype in ELEMENT_SIZES:
+            expected_bytes = ELEMENT_SIZES[spec.datatype] * max(1, prod(actual))
+            raise InvalidArgument(
+                f"{_prefix(request)}input byte size mismatch for input '{spec.name}' for model "
+                f"'{model}'. Expected {expected_bytes}, got 0"
+            )
         return
     expected = ((-1,) if batched else ()) + dims
+    note = _BATCH_NOTE if batched and len(shape) == len(dims) else ""
     raise InvalidArgument(
         f"{_prefix(request)}unexpected shape for input '{spec.name}' for model "
-        f"'{model}'. Expected {_fmt(expected)}, got {_fmt(shape)}. "
+        f"'{model}'. Expected {_fmt(expected)}, got {_fmt(shape)}. {note}"
     )
+
+
+_BATCH_NOTE = (
+    "NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension "
+    "to be prepended to each input shape. If you want to specify the full shape including the "
+    "batch dim in your input dims config, try setting max_batch_size to zero. See the model "
+    "configuration docs for more info on max_batch_size."
+)
 
 
 def _fmt(dims: tuple[int, ...]) -> str:

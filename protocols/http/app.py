@@ -15,12 +15,17 @@ from .errors import error_middleware
 log = logging.getLogger(__name__)
 
 _MODEL = "/v2/models/{model}"
-_VERSIONED = "/v2/models/{model}/versions/{version}"
+_VERSIONED = "/v2/models/{model}/versions/{version:[0-9]+}"
 
 
 def create_app(server: Server, max_input_size: int) -> web.Application:
-    app = web.Application(client_max_size=max_input_size, middlewares=[error_middleware])
+    app = web.Application(
+        client_max_size=max_input_size,
+        middlewares=[error_middleware],
+        handler_args={"auto_decompress": False},  # Triton's own rules: see handlers._read_body
+    )
     app[handlers.SERVER] = server
+    app[handlers.MAX_INPUT_SIZE] = max_input_size
     routes = [
         web.get("/v2/health/live", handlers.health_live, allow_head=False),
         web.get("/v2/health/ready", handlers.health_ready, allow_head=False),

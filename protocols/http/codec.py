@@ -15,10 +15,9 @@ from triton_kernel.kernel.datatypes import (
     DATATYPES,
     ELEMENT_SIZES,
     NUMPY_DTYPES,
-    deserialize_bytes,
     serialize_bytes,
 )
-from triton_kernel.kernel.errors import InvalidArgument
+from triton_kernel.kernel.errors import Internal, InvalidArgument
 from triton_kernel.kernel.request import InferenceRequest, InferenceResponse, RequestedOutput
 from triton_kernel.kernel.tensor import Tensor
 
@@ -27,6 +26,18 @@ RESERVED_PARAMETERS = frozenset(
     {"binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "timeout"}
 )
 _SEQUENCE_START, _SEQUENCE_END = 1, 2
+_DATA_FIELDS = (
+    "Input must set only one of the following fields: 'data', 'binary_data_size' in "
+    "'parameters', 'shared_memory_region' in 'parameters'. "
+)
+_UNSIGNED = "JSON non-unsigned-integer as unsigned-integer"
+_SIGNED = "JSON non-signed-integer as signed-integer"
+_DOUBLE = "JSON non-number as double"
+
+
+def _unparsable(what: str, problem: str) -> Internal:
+    """Triton answers a JSON member of the wrong kind with 500 and this wording."""
+    return Internal(f"Unable to parse '{what}': attempt to access {problem}")
 
 
 def decode_request(
@@ -39,11 +50,12 @@ def decode_request(
     else:
         header, binary = view[:header_length], view[header_length:]
     document = _parse_json(header)
-    parameters = _object(document.get("parameters", {}), "parameters")
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
-        raise InvalidArgument("Unable to parse 'id': attempt to access JSON non-string as string")
-    inputs = _decode_inputs(document, binary)
+        raise _unparsable("id", "JSON non-string as string")
+    parameters = _request_parameters(document.get("parameters", {}))
+    decoder = _InputDecoder(model_name, request_id, binary)
+    inputs = decoder.decode_all(document)
     outputs = [_decode_output(item) for item in _list(document.get("outputs", []), "outputs")]
     request = InferenceRequest(
         model_name,
@@ -61,122 +73,180 @@ def _parse_json(header: memoryview) -> dict[str, Any]:
     try:
         document = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from None
+        raise Internal(f"failed to parse the request JSON buffer: {exc}") from None
     if not isinstance(document, dict):
-        raise InvalidArgument("failed to parse the request JSON buffer: expected a JSON object")
+        raise _unparsable("inputs", "non-existing object member 'inputs'")
     return document
 
 
-def _decode_inputs(document: dict[str, Any], binary: memoryview) -> dict[str, Tensor]:
-    if "inputs" not in document:
-        raise InvalidArgument("Unable to parse 'inputs': missing 'inputs' in the request")
-    inputs: dict[str, Tensor] = {}
-    offset = 0
-    for item in _list(document["inputs"], "inputs"):
-        tensor, offset = _decode_input(_object(item, "inputs"), binary, offset)
-        if tensor.name in inputs:
-            raise InvalidArgument(f"input '{tensor.name}' is specified more than once")
-        inputs[tensor.name] = tensor
-    if offset != len(binary):
-        raise InvalidArgument(
-            f"unexpected additional input data: the request body holds {len(binary)} bytes "
-            f"of binary data but its inputs use {offset}"
-        )
-    return inputs
+def _request_parameters(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise Internal("failed to get request params.: attempt to get members for non-object")
+    for key, item in value.items():
+        if item is None or isinstance(item, (dict, list)):
+            raise InvalidArgument(
+                f"parameter '{key}' has invalid type. It should be either 'int', 'bool', or "
+                "'string'."
+            )
+    for key in ("binary_data_output", "sequence_start", "sequence_end"):
+        if key in value and not isinstance(value[key], bool):
+            raise _unparsable(key, "JSON non-boolean as boolean")
+    return value
 
 
-def _decode_input(item: dict[str, Any], binary: memoryview, offset: int) -> tuple[Tensor, int]:
-    name = _string(item, "name", "input")
-    datatype = _string(item, "datatype", f"input '{name}'")
-    if datatype not in DATATYPES:
-        raise InvalidArgument(f"invalid datatype '{datatype}' for input '{name}'")
-    shape = _shape(item, name)
-    count = _element_count(shape, name)
-    parameters = _object(item.get("parameters", {}), f"parameters of input '{name}'")
-    size = parameters.get("binary_data_size")
-    if size is not None:
+class _InputDecoder:
+    """Decodes the ``inputs`` of one request, consuming its binary section in order."""
+
+    def __init__(self, model: str, request_id: str, binary: memoryview) -> None:
+        self.model = model
+        self.prefix = f"[request id: {request_id or '<id_unknown>'}] "
+        self.binary = binary
+        self.offset = 0
+
+    def decode_all(self, document: dict[str, Any]) -> dict[str, Tensor]:
+        if "inputs" not in document:
+            raise _unparsable("inputs", "non-existing object member 'inputs'")
+        inputs: dict[str, Tensor] = {}
+        for item in _list(document["inputs"], "inputs"):
+            tensor = self.decode(item)
+            if tensor.name in inputs:
+                raise InvalidArgument(
+                    f"{self.prefix}input '{tensor.name}' already exists in request"
+                )
+            inputs[tensor.name] = tensor
+        if self.offset != len(self.binary):
+            raise InvalidArgument(f"unexpected additional input data for model '{self.model}'")
+        return inputs
+
+    def decode(self, item: Any) -> Tensor:
+        """One input; the checks run in Triton's order so that the first error matches."""
+        if not isinstance(item, dict):
+            raise InvalidArgument(_DATA_FIELDS + "But no field is set")
+        name = _string(item, "name")
+        datatype = _string(item, "datatype")
+        shape = _shape(item)
+        if datatype not in DATATYPES:
+            raise InvalidArgument(f"invalid datatype for input {name}")
+        parameters = item.get("parameters", {})
+        parameters = parameters if isinstance(parameters, dict) else {}
+        size = parameters.get("binary_data_size")
+        if size is not None and "data" in item:
+            raise InvalidArgument(_DATA_FIELDS + "But set 'data' 'binary_data_size'")
+        count = _element_count(shape)
+        if size is not None:
+            array = self.from_binary(name, datatype, shape, count, size)
+        elif "data" in item:
+            array = self.from_json(name, datatype, shape, count, item["data"])
+        else:
+            raise InvalidArgument(_DATA_FIELDS + "But no field is set")
+        extra = {k: v for k, v in parameters.items() if k != "binary_data_size"}
+        return Tensor(name, datatype, array, extra or None)
+
+    def from_binary(
+        self, name: str, datatype: str, shape: tuple[int, ...], count: int, size: Any
+    ) -> np.ndarray:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise _unparsable("binary_data_size", _UNSIGNED)
+        if self.offset + size > len(self.binary):
             raise InvalidArgument(
-                f"input '{name}': 'binary_data_size' must be a non-negative integer"
+                f"unexpected size for input '{name}', expecting {size} additional bytes for "
+                f"model '{self.model}'"
             )
-        if offset + size > len(binary):
+        data = self.binary[self.offset : self.offset + size]
+        self.offset += size
+        if datatype == "BYTES":
+            return self.bytes_from_binary(name, shape, count, data)
+        expected = count * ELEMENT_SIZES[datatype]
+        if len(data) != expected:
             raise InvalidArgument(
-                f"unexpected size for input '{name}', expecting {size} bytes but only "
-                f"{len(binary) - offset} bytes of binary data remain in the request body"
+                f"{self.prefix}input byte size mismatch for input '{name}' for model "
+                f"'{self.model}'. Expected {expected}, got {len(data)}"
             )
-        array = _from_binary(name, datatype, shape, count, binary[offset : offset + size])
-        offset += size
-    elif "data" in item:
-        array = _from_json(name, datatype, shape, count, item["data"])
-    else:
-        raise InvalidArgument(f"input '{name}' must have 'data' or a 'binary_data_size' parameter")
-    extra = {k: v for k, v in parameters.items() if k != "binary_data_size"}
-    return Tensor(name, datatype, array, extra or None), offset
+        return np.frombuffer(data, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
+
+    def bytes_from_binary(
+        self, name: str, shape: tuple[int, ...], count: int, data: memoryview
+    ) -> np.ndarray:
+        items: list[bytes] = []
+        offset = 0
+        while offset < len(data):
+            if len(data) - offset < 4:
+                raise InvalidArgument(
+                    f"{self.prefix}incomplete string length indicator for inference input "
+                    f"'{name}' for model '{self.model}', expecting 4 bytes but only "
+                    f"{len(data) - offset} bytes available. Please make sure the string length "
+                    "indicator is in one buffer."
+                )
+            length = int.from_bytes(data[offset : offset + 4], "little")
+            offset += 4
+            if length > len(data) - offset:
+                raise InvalidArgument(
+                    f"incomplete string data for inference input '{name}', expecting string "
+                    f"of length {length} but only {len(data) - offset} bytes available"
+                )
+            items.append(bytes(data[offset : offset + length]))
+            offset += length
+        self.check_string_count(name, count, len(items))
+        array = np.empty(count, dtype=np.object_)
+        array[:] = items
+        return array.reshape(shape)
+
+    def check_string_count(self, name: str, count: int, found: int) -> None:
+        if found > count:
+            raise InvalidArgument(
+                f"{self.prefix}unexpected number of string elements {found} for inference "
+                f"input '{name}' for model '{self.model}', expecting {count}"
+            )
+        if found < count:
+            raise InvalidArgument(
+                f"{self.prefix}expected {count} string elements for inference input '{name}' "
+                f"for model '{self.model}', got {found}"
+            )
+
+    def from_json(
+        self, name: str, datatype: str, shape: tuple[int, ...], count: int, data: Any
+    ) -> np.ndarray:
+        if datatype in ("FP16", "BF16"):
+            raise InvalidArgument(
+                f"receiving {datatype} data via JSON is not supported. Please use the binary "
+                f"data format for input {name}"
+            )
+        if not isinstance(data, list):
+            raise _unparsable("data", "JSON non-array as array")
+        flat = _flatten(data)
+        _check_json_elements(name, datatype, flat)
+        if datatype == "BYTES":
+            self.check_string_count(name, count, len(flat))
+            array = np.empty(count, dtype=np.object_)
+            array[:] = [value.encode("utf-8", "surrogatepass") for value in flat]
+            return array.reshape(shape)
+        if len(flat) != count:
+            raise Internal(
+                "Unable to parse 'data': Shape does not match true shape of 'data' field"
+            )
+        return np.asarray(flat, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
 
 
-def _shape(item: dict[str, Any], name: str) -> tuple[int, ...]:
-    shape = item.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) for d in shape
-    ):
-        raise InvalidArgument(
-            f"Unable to parse 'shape' of input '{name}': expected a list of integers"
-        )
-    if any(d < 0 for d in shape):
-        raise InvalidArgument(f"invalid shape {shape} for input '{name}': dimensions must be >= 0")
+def _shape(item: dict[str, Any]) -> tuple[int, ...]:
+    if "shape" not in item:
+        raise _unparsable("shape", "non-existing object member 'shape'")
+    shape = item["shape"]
+    if not isinstance(shape, list):
+        raise _unparsable("shape", "JSON non-array as array")
+    for dim in shape:
+        if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim < 2**63:
+            raise _unparsable("shape", _UNSIGNED)
     return tuple(shape)
 
 
-def _element_count(shape: tuple[int, ...], name: str) -> int:
+def _element_count(shape: tuple[int, ...]) -> int:
+    """Python integers: a shape like [2**62, 2**62] is refused, never allocated."""
     count = 1
     for dim in shape:
         count *= dim
     if count >= 2**63:
-        raise InvalidArgument(f"shape {list(shape)} of input '{name}' has too many elements")
+        raise InvalidArgument(f"the element count of shape {list(shape)} overflows")
     return count
-
-
-def _from_binary(
-    name: str, datatype: str, shape: tuple[int, ...], count: int, data: memoryview
-) -> np.ndarray:
-    if datatype == "BYTES":
-        return deserialize_bytes(data, count).reshape(shape)
-    expected = count * ELEMENT_SIZES[datatype]
-    if len(data) != expected:
-        raise InvalidArgument(
-            f"unexpected size for input '{name}', expecting {expected} bytes for model input "
-            f"shape {list(shape)} ({datatype}), got {len(data)} bytes"
-        )
-    return np.frombuffer(data, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
-
-
-def _from_json(
-    name: str, datatype: str, shape: tuple[int, ...], count: int, data: Any
-) -> np.ndarray:
-    flat = _flatten(data)
-    if len(flat) != count:
-        raise InvalidArgument(
-            f"unexpected number of elements for input '{name}': shape {list(shape)} needs "
-            f"{count} elements, 'data' holds {len(flat)}"
-        )
-    checker = _JSON_ELEMENT_CHECKS[datatype]
-    for value in flat:
-        if not checker(value):
-            raise InvalidArgument(
-                f"unable to parse 'data' of input '{name}': value {_short(value)} is not a "
-                f"valid {datatype} element"
-            )
-    if datatype == "BYTES":
-        array = np.empty(count, dtype=np.object_)
-        array[:] = [v.encode("utf-8") for v in flat]
-        return array.reshape(shape)
-    if datatype == "BF16":
-        floats = np.asarray(flat, dtype=np.float32)
-        return (floats.view(np.uint32) >> 16).astype(np.uint16).reshape(shape)
-    try:
-        return np.asarray(flat, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
-    except (OverflowError, ValueError) as exc:
-        raise InvalidArgument(f"unable to parse 'data' of input '{name}': {exc}") from None
 
 
 def _is_int(low: int, high: int) -> Any:
@@ -187,30 +257,43 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+#: datatype -> (element check, Triton's wording for an element of the wrong kind).
 _JSON_ELEMENT_CHECKS = {
-    "BOOL": lambda v: isinstance(v, bool),
-    "UINT8": _is_int(0, 2**8 - 1),
-    "UINT16": _is_int(0, 2**16 - 1),
-    "UINT32": _is_int(0, 2**32 - 1),
-    "UINT64": _is_int(0, 2**64 - 1),
-    "INT8": _is_int(-(2**7), 2**7 - 1),
-    "INT16": _is_int(-(2**15), 2**15 - 1),
-    "INT32": _is_int(-(2**31), 2**31 - 1),
-    "INT64": _is_int(-(2**63), 2**63 - 1),
-    "FP16": _is_number,
-    "FP32": _is_number,
-    "FP64": _is_number,
-    "BF16": _is_number,
-    "BYTES": lambda v: isinstance(v, str),
+    "BOOL": (lambda v: isinstance(v, bool), "JSON non-boolean as boolean"),
+    "UINT8": (_is_int(0, 2**8 - 1), _UNSIGNED),
+    "UINT16": (_is_int(0, 2**16 - 1), _UNSIGNED),
+    "UINT32": (_is_int(0, 2**32 - 1), _UNSIGNED),
+    "UINT64": (_is_int(0, 2**64 - 1), _UNSIGNED),
+    "INT8": (_is_int(-(2**7), 2**7 - 1), _SIGNED),
+    "INT16": (_is_int(-(2**15), 2**15 - 1), _SIGNED),
+    "INT32": (_is_int(-(2**31), 2**31 - 1), _SIGNED),
+    "INT64": (_is_int(-(2**63), 2**63 - 1), _SIGNED),
+    "FP32": (_is_number, _DOUBLE),
+    "FP64": (_is_number, _DOUBLE),
+    "BYTES": (lambda v: isinstance(v, str), "JSON non-string as string"),
 }
 
 
-def _flatten(data: Any) -> list[Any]:
-    if not isinstance(data, list):
-        return [data]
-    if not data or not isinstance(data[0], list):
-        if any(isinstance(v, list) for v in data):
-            raise InvalidArgument("unable to parse 'data': nested lists must be regular")
+def _check_json_elements(name: str, datatype: str, flat: list[Any]) -> None:
+    check, problem = _JSON_ELEMENT_CHECKS[datatype]
+    for value in flat:
+        if check(value):
+            continue
+        if datatype == "BYTES":
+            raise Internal(
+                "Unable to parse JSON bytes array: attempt to access JSON non-string as string"
+            )
+        if problem != _DOUBLE and isinstance(value, int) and not isinstance(value, bool):
+            in_kind = problem == _SIGNED or value >= 0
+            if in_kind and -(2**63) <= value < 2**64:  # Triton wraps these; we refuse them
+                raise InvalidArgument(
+                    f"value {value} of input '{name}' is out of range for {datatype}"
+                )
+        raise _unparsable("data", problem)
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    if not any(isinstance(item, list) for item in data):
         return data
     flat: list[Any] = []
     for item in data:
@@ -219,19 +302,23 @@ def _flatten(data: Any) -> list[Any]:
 
 
 def _decode_output(item: Any) -> RequestedOutput:
-    item = _object(item, "outputs")
-    name = _string(item, "name", "output")
-    parameters = _object(item.get("parameters", {}), f"parameters of output '{name}'")
+    if not isinstance(item, dict):
+        raise _unparsable("name", "non-existing object member 'name'")
+    name = _string(item, "name")
+    parameters = item.get("parameters", {})
+    parameters = parameters if isinstance(parameters, dict) else {}
     class_count = parameters.get("classification", 0)
     if not isinstance(class_count, int) or isinstance(class_count, bool) or class_count < 0:
-        raise InvalidArgument(f"output '{name}': 'classification' must be a non-negative integer")
+        raise Internal(f"Unable to set 'classification': attempt to access {_UNSIGNED}")
+    if "binary_data" in parameters and not isinstance(parameters["binary_data"], bool):
+        raise _unparsable("binary_data", "JSON non-boolean as boolean")
     return RequestedOutput(name, class_count, parameters)
 
 
 def _apply_reserved(request: InferenceRequest, parameters: dict[str, Any]) -> None:
     sequence_id = parameters.get("sequence_id", 0)
     if not isinstance(sequence_id, (int, str)) or isinstance(sequence_id, bool):
-        raise InvalidArgument("'sequence_id' must be an unsigned integer or a string")
+        raise _unparsable("sequence_id", "JSON non-string as string")
     request.correlation_id = sequence_id
     request.flags = (_SEQUENCE_START if parameters.get("sequence_start") else 0) | (
         _SEQUENCE_END if parameters.get("sequence_end") else 0
@@ -239,33 +326,24 @@ def _apply_reserved(request: InferenceRequest, parameters: dict[str, Any]) -> No
     for key in ("priority", "timeout"):
         value = parameters.get(key, 0)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise InvalidArgument(f"'{key}' must be a non-negative integer")
+            raise _unparsable(key, _UNSIGNED)
     request.priority = parameters.get("priority", 0)
     request.timeout_us = parameters.get("timeout", 0)
 
 
-def _object(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"Unable to parse '{what}': expected a JSON object")
-    return value
-
-
 def _list(value: Any, what: str) -> list[Any]:
     if not isinstance(value, list):
-        raise InvalidArgument(f"Unable to parse '{what}': expected a JSON array")
+        raise _unparsable(what, "JSON non-array as array")
     return value
 
 
-def _string(item: dict[str, Any], key: str, what: str) -> str:
-    value = item.get(key)
+def _string(item: dict[str, Any], key: str) -> str:
+    if key not in item:
+        raise _unparsable(key, f"non-existing object member '{key}'")
+    value = item[key]
     if not isinstance(value, str):
-        raise InvalidArgument(f"Unable to parse '{key}' of {what}: expected a string")
+        raise _unparsable(key, "JSON non-string as string")
     return value
-
-
-def _short(value: Any) -> str:
-    text = orjson.dumps(value).decode()
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # --- responses ---------------------------------------------------------------------------
@@ -296,6 +374,11 @@ def encode_response(
             data = _tensor_bytes(tensor)
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
+        elif tensor.datatype in ("FP16", "BF16"):
+            raise InvalidArgument(
+                f"sending {tensor.datatype} data via JSON is not supported. Please use the "
+                "binary data format for output"
+            )
         else:
             entry["data"] = _json_data(tensor)
         encoded.append(entry)
@@ -317,8 +400,6 @@ def _json_data(tensor: Tensor) -> list[Any]:
     flat = tensor.data.reshape(-1)
     if tensor.datatype == "BYTES":
         return [_text(item) for item in flat]
-    if tensor.datatype == "BF16":
-        return (flat.astype(np.uint32) << 16).view(np.float32).tolist()
     return flat.tolist()
 
 

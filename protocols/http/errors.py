@@ -45,8 +45,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(status_of(exc), exc.message)
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(400, f"request body is too large: {exc.text}")
+    except web.HTTPMethodNotAllowed:
+        return (
+            web.Response(status=405)
+            if request.method == "HEAD"
+            else error_response(405, "Method Not Allowed")
+        )
     except web.HTTPException as exc:
-        if exc.status in (404, 405):
+        if exc.status == 405 and request.method == "HEAD":
+            return web.Response(status=405)
+        if exc.status == 405:
+            return error_response(405, "Method Not Allowed")
+        if exc.status == 404:
             return error_response(404, "Not Found")
         return error_response(exc.status, exc.reason)
     except Exception:

@@ -7,12 +7,14 @@ import zlib
 import orjson
 from aiohttp import web
 
-from triton_kernel.kernel.errors import InvalidArgument
+from triton_kernel.kernel.errors import InvalidArgument, Unsupported
 from triton_kernel.kernel.server import Server
 
 from .codec import decode_request, encode_response
+from .errors import error_response
 
 SERVER = web.AppKey("server", Server)
+MAX_INPUT_SIZE = web.AppKey("max_input_size", int)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
@@ -50,7 +52,9 @@ async def server_metadata(request: web.Request) -> web.Response:
 
 async def model_ready(request: web.Request) -> web.Response:
     name = request.match_info["model"]
-    return _status(request.app[SERVER].model_ready(name, _version(request)))
+    if request.app[SERVER].model_ready(name, _version(request)):
+        return web.Response(status=200)
+    return error_response(400, "Model version not ready")
 
 
 async def model_metadata(request: web.Request) -> web.Response:
@@ -70,9 +74,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
     server = request.app[SERVER]
     name, version = request.match_info["model"], _version(request)
     if server.model(name, version).config.model_transaction_policy.decoupled:
-        raise InvalidArgument(
-            "HTTP end point doesn't support models with decoupled transaction policy"
-        )
+        raise Unsupported("HTTP end point doesn't support models with decoupled transaction policy")
     body = await _read_body(request)
     inference, binary_default = decode_request(name, version, body, _header_length(request, body))
     response = await server.infer(inference)
@@ -91,10 +93,29 @@ async def infer(request: web.Request) -> web.StreamResponse:
 
 
 async def _read_body(request: web.Request) -> bytes:
+    """The body, decompressed as Triton does it (``gzip`` or zlib ``deflate``), size-capped."""
+    body = await request.read()
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is None or encoding == "identity":
+        return body
+    if encoding not in _WBITS:
+        raise Unsupported("Unsupported compression type")
+    limit = request.app[MAX_INPUT_SIZE]
+    decompressor = zlib.decompressobj(_WBITS[encoding])
     try:
-        return await request.read()
+        data = decompressor.decompress(body, limit + 1)
     except zlib.error as exc:
         raise InvalidArgument(f"failed to decompress the request body: {exc}") from None
+    if len(data) > limit:
+        raise InvalidArgument(
+            f"request body is too large: it decompresses to more than {limit} bytes "
+            "(--http-max-input-size)"
+        )
+    return data
+
+
+#: Content-Encoding -> zlib window bits (gzip header / zlib header).
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 def _header_length(request: web.Request, body: bytes) -> int | None:
@@ -104,12 +125,10 @@ def _header_length(request: web.Request, body: bytes) -> int | None:
     try:
         length = int(text)
     except ValueError:
-        raise InvalidArgument(
-            f"invalid {HEADER_LENGTH} header '{text}': expected a non-negative integer"
-        ) from None
+        length = -1
     if length < 0 or length > len(body):
         raise InvalidArgument(
-            f"{HEADER_LENGTH} {length} is out of range for a request body of {len(body)} bytes"
+            f"inference header size should be in range (0, {len(body)}), got: {text}"
         )
     return length
 

@@ -48,7 +48,7 @@ def test_auto_complete_model_serves(client):
     x.set_data_from_numpy(np.array([[3, 4]], dtype=np.int32))
     result = client.infer("auto_complete", [x])
     assert result.as_numpy("Y").tolist() == [[6, 8]]
-    assert result.get_response()["parameters"] == {"instance": "auto_complete_0_0"}
+    assert result.get_response()["parameters"] == {"instance": "auto_complete_0"}
 
 
 def test_crashed_worker_fails_its_request_and_restarts(client, server):
@@ -91,7 +91,7 @@ def test_instances_run_in_parallel(server):
 def test_decoupled_model_refused_over_http(client):
     with pytest.raises(InferenceServerException) as info:
         client.infer("decoupled", _one("INPUT0", 1.0))
-    assert info.value.status() == "400"
+    assert info.value.status() == "501"
     assert (
         "HTTP end point doesn't support models with decoupled transaction policy"
         in info.value.message()

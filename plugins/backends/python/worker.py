@@ -103,8 +103,7 @@ class WorkerProcess:
         elif kind == "batch_error":
             requests, done = self._batches.pop(message[1])
             error = Internal(
-                f"Failed to process the request(s) for model instance '{self.label}', "
-                f"message: {message[2]}"
+                f"Failed to process the request(s) for model '{self.label}', message: {message[2]}"
             )
             for request in requests:
                 request.fail(error)
