@@ -58,10 +58,11 @@ def _prefix(request: InferenceRequest) -> str:
 def validate_request(request: InferenceRequest, signature: Signature) -> None:
     """Raise ``InvalidArgument`` unless ``request`` fits the model's inputs and outputs."""
     model = signature.model_name
-    _check_input_count(request, signature)
+    _check_input_count(request, signature, total_only=True)
     for input_name in request.inputs:
         if input_name not in signature.inputs:
             raise InvalidArgument(f"unexpected inference input '{input_name}' for model '{model}'")
+    _check_input_count(request, signature, total_only=False)
     batched = _check_batch_size(request, signature)
     for input_name, tensor in request.inputs.items():
         spec = signature.inputs[input_name]
@@ -79,12 +80,13 @@ def validate_request(request: InferenceRequest, signature: Signature) -> None:
             )
 
 
-def _check_input_count(request: InferenceRequest, signature: Signature) -> None:
-    """Triton counts inputs first: all of them, or the required ones when some are optional."""
+def _check_input_count(request: InferenceRequest, signature: Signature, total_only: bool) -> None:
+    """Triton counts inputs before it names unknown ones, and names missing ones after."""
     required = [name for name, spec in signature.inputs.items() if not spec.optional]
     missing = [name for name in required if name not in request.inputs]
     has_optional = len(required) != len(signature.inputs)
-    if missing or (not has_optional and len(request.inputs) != len(required)):
+    wrong_total = not has_optional and len(request.inputs) != len(required)
+    if wrong_total or (missing and not total_only):
         got = ",".join(f"'{name}'" for name in request.inputs)
         want = ",".join(f"'{name}'" for name in missing)
         want = f"[{want}]" if want else "]"

@@ -102,6 +102,8 @@ class _InputDecoder:
         self.prefix = f"[request id: {request_id or '<id_unknown>'}] "
         self.binary = binary
         self.offset = 0
+        #: A size error that Triton reports only after the whole body parsed.
+        self.deferred: InvalidArgument | None = None
 
     def decode_all(self, document: dict[str, Any]) -> dict[str, Tensor]:
         if "inputs" not in document:
@@ -116,6 +118,8 @@ class _InputDecoder:
             inputs[tensor.name] = tensor
         if self.offset != len(self.binary):
             raise InvalidArgument(f"unexpected additional input data for model '{self.model}'")
+        if self.deferred is not None:
+            raise self.deferred
         return inputs
 
     def decode(self, item: Any) -> Tensor:
@@ -158,10 +162,11 @@ class _InputDecoder:
             return self.bytes_from_binary(name, shape, count, data)
         expected = count * ELEMENT_SIZES[datatype]
         if len(data) != expected:
-            raise InvalidArgument(
+            self.deferred = self.deferred or InvalidArgument(
                 f"{self.prefix}input byte size mismatch for input '{name}' for model "
                 f"'{self.model}'. Expected {expected}, got {len(data)}"
             )
+            return np.empty(0, dtype=NUMPY_DTYPES[datatype])
         return np.frombuffer(data, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
 
     def bytes_from_binary(
@@ -283,7 +288,11 @@ def _check_json_elements(name: str, datatype: str, flat: list[Any]) -> None:
             raise Internal(
                 "Unable to parse JSON bytes array: attempt to access JSON non-string as string"
             )
-        if problem != _DOUBLE and isinstance(value, int) and not isinstance(value, bool):
+        if (
+            problem in (_SIGNED, _UNSIGNED)
+            and isinstance(value, int)
+            and not isinstance(value, bool)
+        ):
             in_kind = problem == _SIGNED or value >= 0
             if in_kind and -(2**63) <= value < 2**64:  # Triton wraps these; we refuse them
                 raise InvalidArgument(
