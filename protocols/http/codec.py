@@ -246,10 +246,11 @@ def _shape(item: dict[str, Any]) -> tuple[int, ...]:
 
 def _element_count(shape: tuple[int, ...]) -> int:
     """Python integers: a shape like [2**62, 2**62] is refused, never allocated."""
-    count = 1
+    count, extent = 1, 1
     for dim in shape:
         count *= dim
-    if count >= 2**63:
+        extent *= max(dim, 1)  # numpy refuses [0, 2**62] too: count the non-zero dims
+    if extent * 8 >= 2**63:  # numpy's limit on bytes, for the widest (8-byte) elements
         raise InvalidArgument(f"the element count of shape {list(shape)} overflows")
     return count
 
@@ -326,7 +327,11 @@ def _decode_output(item: Any) -> RequestedOutput:
 
 def _apply_reserved(request: InferenceRequest, parameters: dict[str, Any]) -> None:
     sequence_id = parameters.get("sequence_id", 0)
-    if not isinstance(sequence_id, (int, str)) or isinstance(sequence_id, bool):
+    if (
+        not isinstance(sequence_id, (int, str))
+        or isinstance(sequence_id, bool)
+        or (isinstance(sequence_id, int) and not 0 <= sequence_id < 2**64)
+    ):
         raise _unparsable("sequence_id", "JSON non-string as string")
     request.correlation_id = sequence_id
     request.flags = (_SEQUENCE_START if parameters.get("sequence_start") else 0) | (
@@ -402,7 +407,7 @@ def _tensor_bytes(tensor: Tensor) -> bytes | memoryview:
     if tensor.datatype == "BYTES":
         return serialize_bytes(tensor.data)
     data = np.ascontiguousarray(tensor.data)
-    return memoryview(data).cast("B")
+    return memoryview(data.reshape(-1).view(np.uint8)) if data.size else b""
 
 
 def _json_data(tensor: Tensor) -> list[Any]:
