@@ -35,7 +35,12 @@ def parse_config_text(text: str, source: str = CONFIG_FILENAME) -> Any:
     try:
         return text_format.Parse(text, ModelConfig())
     except text_format.ParseError as exc:
-        raise InvalidArgument(f"failed to read text proto from {source}: {exc}") from None
+        where = f"{exc.GetLine()}:{exc.GetColumn()}: " if exc.GetLine() is not None else ""
+        detail = str(exc).split(" : ", 1)[-1]
+        raise InvalidArgument(
+            f"failed to read text proto from {source}: Error parsing text-format "
+            f"inference.ModelConfig: {where}{detail}"
+        ) from None
 
 
 def read_config_file(model_dir: Path, config_name: str | None = None) -> Any | None:
