@@ -6,6 +6,7 @@ check that guards memory (element counts, byte sizes) runs before anything is al
 
 from __future__ import annotations
 
+from math import prod
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from triton_kernel.kernel.datatypes import (
 from triton_kernel.kernel.errors import Internal, InvalidArgument
 from triton_kernel.kernel.request import InferenceRequest, InferenceResponse, RequestedOutput
 from triton_kernel.kernel.tensor import Tensor
+from triton_kernel.kernel.validation import Signature
 
 #: Request parameters with a meaning to the server; they are not passed to the model.
 RESERVED_PARAMETERS = frozenset(
@@ -421,3 +423,57 @@ def _text(item: Any) -> str:
     if isinstance(item, bytes):
         return item.decode("utf-8", errors="replace")
     return str(item)
+
+
+def decode_raw_request(
+    model_name: str, model_version: int, body: bytes, signature: Signature
+) -> InferenceRequest:
+    """Triton's raw binary request (``Inference-Header-Content-Length: 0``).
+
+    The whole body is the model's only input, batch 1; its shape comes from the
+    configuration, with at most one variable dimension deduced from the byte count.
+    """
+    prefix = "[request id: <id_unknown>] "
+    if len(signature.inputs) != 1:
+        raise InvalidArgument(
+            f"{prefix}Raw request must only have 1 input (found 1) to be deduced but got "
+            f"{len(signature.inputs)} inputs in '{model_name}' model configuration"
+        )
+    (spec,) = signature.inputs.values()
+    batch = (1,) if signature.max_batch_size > 0 else ()
+    if spec.datatype == "BYTES":
+        if spec.dims not in ((1,), (-1,)):
+            raise InvalidArgument(
+                f"{prefix}For BYTE datatype raw input '{spec.name}', the model must have input "
+                "shape [1]"
+            )
+        array = np.empty(1, dtype=np.object_)
+        array[0] = bytes(body)
+        return InferenceRequest(
+            model_name,
+            {spec.name: Tensor(spec.name, "BYTES", array.reshape((*batch, 1)))},
+            model_version=model_version,
+        )
+    shape = batch + _deduce_dims(spec.dims, len(body), ELEMENT_SIZES[spec.datatype], spec.name)
+    expected = ELEMENT_SIZES[spec.datatype] * prod(shape)
+    if expected != len(body):
+        raise InvalidArgument(
+            f"{prefix}input byte size mismatch for input '{spec.name}' for model "
+            f"'{model_name}'. Expected {expected}, got {len(body)}"
+        )
+    array = np.frombuffer(body, dtype=NUMPY_DTYPES[spec.datatype]).reshape(shape)
+    tensor = Tensor(spec.name, spec.datatype, array)
+    return InferenceRequest(model_name, {spec.name: tensor}, model_version=model_version)
+
+
+def _deduce_dims(dims: tuple[int, ...], size: int, itemsize: int, name: str) -> tuple[int, ...]:
+    variable = [i for i, dim in enumerate(dims) if dim == -1]
+    if not variable:
+        return dims
+    if len(variable) > 1:
+        raise InvalidArgument(
+            f"raw input '{name}' has more than one variable-size dimension: its shape cannot "
+            "be deduced from the request body"
+        )
+    known = prod(dim for dim in dims if dim != -1) * itemsize
+    return tuple(size // known if dim == -1 else dim for dim in dims) if known else dims

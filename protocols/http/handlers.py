@@ -10,7 +10,7 @@ from aiohttp import web
 from triton_kernel.kernel.errors import InvalidArgument, Unsupported
 from triton_kernel.kernel.server import Server
 
-from .codec import decode_request, encode_response
+from .codec import decode_raw_request, decode_request, encode_response
 from .errors import error_response
 
 SERVER = web.AppKey("server", Server)
@@ -76,7 +76,13 @@ async def infer(request: web.Request) -> web.StreamResponse:
     if server.model(name, version).config.model_transaction_policy.decoupled:
         raise Unsupported("HTTP end point doesn't support models with decoupled transaction policy")
     body = await _read_body(request)
-    inference, binary_default = decode_request(name, version, body, _header_length(request, body))
+    header_length = _header_length(request, body)
+    if header_length == 0:  # the raw form: the body is the only input, outputs are binary
+        signature = server.model(name, version).signature
+        assert signature is not None
+        inference, binary_default = decode_raw_request(name, version, body, signature), True
+    else:
+        inference, binary_default = decode_request(name, version, body, header_length)
     response = await server.infer(inference)
     payload, json_length = encode_response(response, inference.outputs, binary_default)
     reply = web.Response(body=payload)

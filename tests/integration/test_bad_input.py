@@ -424,3 +424,28 @@ def test_methods(url):
     _check(requests.post(f"{url}/v2/health/live"), 405, "Method Not Allowed")
     assert requests.head(f"{url}/v2/health/live").status_code == 405
     _check(requests.get(f"{url}/v2/"), 404, "Not Found")
+
+
+def test_raw_binary_request(url):
+    """``Inference-Header-Content-Length: 0``: the body is the only input; outputs are binary."""
+    body = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32).tobytes()
+    reply = requests.post(
+        f"{url}/v2/models/classifier/infer",
+        data=body,
+        headers={"Inference-Header-Content-Length": "0"},
+    )
+    assert reply.status_code == 200
+    header_length = int(reply.headers["Inference-Header-Content-Length"])
+    header = json.loads(reply.content[:header_length])
+    assert header["outputs"][0]["shape"] == [1, 3]
+    scores = np.frombuffer(reply.content[header_length:], dtype=np.float32)
+    assert scores.shape == (3,) and abs(float(scores.sum()) - 1.0) < 1e-5
+
+
+def test_raw_binary_request_needs_one_input(url):
+    reply = requests.post(
+        f"{url}/v2/models/add_sub/infer",
+        data=b"\x00" * 16,
+        headers={"Inference-Header-Content-Length": "0"},
+    )
+    _check(reply, 400, "Raw request must only have 1 input (found 1) to be deduced but got 2")
