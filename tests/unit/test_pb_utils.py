@@ -201,25 +201,12 @@ def test_tensor_dlpack_from_an_object_implementing_dlpack() -> None:
     assert np.shares_memory(tensor.as_numpy(), array)
 
 
-@pytest.mark.xfail(
-    reason="triton_python_backend_utils.py Tensor.from_dlpack passes a DLPack capsule to "
-    "np.from_dlpack, which needs an object with __dlpack__: "
-    "Tensor.from_dlpack(name, to_dlpack(t)), Triton's documented use, fails",
-    raises=AttributeError,
-    strict=True,
-)
 def test_tensor_from_a_dlpack_capsule() -> None:
     tensor = pb_utils.Tensor("X", np.arange(4, dtype=np.float32))
     copy = pb_utils.Tensor.from_dlpack("Y", tensor.to_dlpack())
     np.testing.assert_array_equal(copy.as_numpy(), tensor.as_numpy())
 
 
-@pytest.mark.xfail(
-    reason="triton_python_backend_utils.py Tensor lacks __dlpack__/__dlpack_device__, "
-    "which Triton's pb_utils.Tensor implements (torch.from_dlpack(pb_tensor))",
-    raises=AttributeError,
-    strict=True,
-)
 def test_tensor_implements_the_dlpack_protocol() -> None:
     tensor = pb_utils.Tensor("X", np.arange(4, dtype=np.float32))
     np.testing.assert_array_equal(np.from_dlpack(tensor), tensor.as_numpy())
@@ -421,26 +408,12 @@ def test_add_input_conflicting_with_the_config() -> None:
         config.add_output(OUTPUT)
 
 
-@pytest.mark.xfail(
-    reason="triton_python_backend_utils.py ModelConfig._merge treats the config's "
-    "'TYPE_INVALID' (a tensor listed without data_type) as a conflicting data_type, "
-    "where Triton's add_input fills it in",
-    raises=ValueError,
-    strict=True,
-)
 def test_add_input_fills_a_missing_data_type() -> None:
     config = _model_config('input [ { name: "IN" dims: [ 4 ] } ]')
     config.add_input(INPUT)
     assert config.as_dict()["input"][0]["data_type"] == "TYPE_FP32"
 
 
-@pytest.mark.xfail(
-    reason="triton_python_backend_utils.py ModelConfig._merge only adds keys the config "
-    "lacks, and the config's JSON always has 'dims' ([] when unset): the model's dims are "
-    "dropped, where Triton's add_input/add_output set them",
-    raises=AssertionError,
-    strict=True,
-)
 def test_add_output_fills_missing_dims() -> None:
     config = _model_config('output [ { name: "OUT" data_type: TYPE_FP32 } ]')
     config.add_output(OUTPUT)

@@ -168,13 +168,34 @@ class Tensor:
     def to_dlpack(self) -> Any:
         return self._array.__dlpack__()
 
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        return self._array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self._array.__dlpack_device__()
+
     @staticmethod
     def from_dlpack(name: str, capsule: Any) -> Tensor:
-        return Tensor(name, np.from_dlpack(capsule))
+        """From a DLPack capsule (``to_dlpack()``) or any object with ``__dlpack__``."""
+        source = capsule if hasattr(capsule, "__dlpack__") else _Capsule(capsule)
+        return Tensor(name, np.from_dlpack(source))
 
     def __repr__(self) -> str:
         shape, dtype = list(self._array.shape), self._array.dtype
         return f"Tensor(name={self._name!r}, shape={shape}, dtype={dtype})"
+
+
+class _Capsule:
+    """Lets numpy import a bare DLPack capsule (it only takes ``__dlpack__`` objects)."""
+
+    def __init__(self, capsule: Any) -> None:
+        self._capsule = capsule
+
+    def __dlpack__(self, **_kwargs: Any) -> Any:
+        return self._capsule
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU: tensors of this backend live in host memory
 
 
 # --- requests and responses --------------------------------------------------------
@@ -387,7 +408,9 @@ class ModelConfig:
 
     def _merge(self, kind: str, existing: dict[str, Any], tensor: dict[str, Any]) -> None:
         for key in ("data_type", "dims"):
-            if existing.get(key) and [*map(str, np.atleast_1d(existing[key]))] != [
+            if existing.get(key) in ("TYPE_INVALID", []):  # unset in the configuration
+                existing[key] = tensor[key]
+            elif existing.get(key) and [*map(str, np.atleast_1d(existing[key]))] != [
                 *map(str, np.atleast_1d(tensor[key]))
             ]:
                 raise ValueError(
