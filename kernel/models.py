@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .backend import ModelContext
-from .config import fill_defaults, read_config_file, validate_config
+from .config import ModelConfig, fill_defaults, read_config_file, validate_config
 from .errors import InvalidArgument, KernelError, NotFound, Unavailable
 from .model import ModelState, ModelVersion
 from .options import ServerOptions
@@ -167,8 +167,6 @@ class ModelManager:
                     f"failed to load '{entry.name}': no {entry.model_dir / 'config.pbtxt'} and "
                     "auto-complete is disabled"
                 )
-            from .config import ModelConfig
-
             config = ModelConfig()
         fill_defaults(config, entry.name)
         backend_name = resolve_backend(config, entry.model_dir)

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 
 from .backend import ModelInstance
-from .errors import Internal, KernelError, Unavailable
+from .errors import Internal, KernelError
 from .request import InferenceRequest
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,6 @@ class DirectScheduler:
 
     def enqueue(self, request: InferenceRequest) -> None:
         self._queue.put_nowait(request)
-
-    @property
-    def pending(self) -> int:
-        return self._queue.qsize()
 
     async def _serve(self, instance: ModelInstance) -> None:
         while True:
@@ -63,12 +59,3 @@ class DirectScheduler:
         for _ in self._tasks:
             self._queue.put_nowait(None)
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def abort(self, reason: str) -> None:
-        """Fail everything still queued (server stopping past its grace period)."""
-        while not self._queue.empty():
-            request = self._queue.get_nowait()
-            if request is not None:
-                request.fail(Unavailable(reason))
-        for task in self._tasks:
-            task.cancel()

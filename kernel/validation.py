@@ -35,6 +35,8 @@ class Signature:
     max_batch_size: int
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
+    #: Names of the inputs that are not ``optional``.
+    required: tuple[str, ...]
 
     @classmethod
     def from_config(cls, config: Any) -> Signature:
@@ -43,6 +45,7 @@ class Signature:
             config.max_batch_size,
             {t.name: _spec(t, t.optional) for t in config.input},
             {t.name: _spec(t, False) for t in config.output},
+            tuple(t.name for t in config.input if not t.optional),
         )
 
 
@@ -58,11 +61,7 @@ def _prefix(request: InferenceRequest) -> str:
 def validate_request(request: InferenceRequest, signature: Signature) -> None:
     """Raise ``InvalidArgument`` unless ``request`` fits the model's inputs and outputs."""
     model = signature.model_name
-    _check_input_count(request, signature, total_only=True)
-    for input_name in request.inputs:
-        if input_name not in signature.inputs:
-            raise InvalidArgument(f"unexpected inference input '{input_name}' for model '{model}'")
-    _check_input_count(request, signature, total_only=False)
+    _check_input_names(request, signature)
     batched = _check_batch_size(request, signature)
     for input_name, tensor in request.inputs.items():
         spec = signature.inputs[input_name]
@@ -80,22 +79,33 @@ def validate_request(request: InferenceRequest, signature: Signature) -> None:
             )
 
 
-def _check_input_count(request: InferenceRequest, signature: Signature, total_only: bool) -> None:
+def _check_input_names(request: InferenceRequest, signature: Signature) -> None:
     """Triton counts inputs before it names unknown ones, and names missing ones after."""
-    required = [name for name, spec in signature.inputs.items() if not spec.optional]
-    missing = [name for name in required if name not in request.inputs]
+    required = signature.required
     has_optional = len(required) != len(signature.inputs)
-    wrong_total = not has_optional and len(request.inputs) != len(required)
-    if wrong_total or (missing and not total_only):
-        got = ",".join(f"'{name}'" for name in request.inputs)
-        want = ",".join(f"'{name}'" for name in missing)
-        want = f"[{want}]" if want else "]"
-        raise InvalidArgument(
-            f"{_prefix(request)}expected {len(required)} inputs but got "
-            f"{len(request.inputs)} inputs for model '{signature.model_name}'. Got input(s) "
-            f"[{got}], but missing required input(s) {want}. Please provide all required "
-            "input(s)."
-        )
+    if not has_optional and len(request.inputs) != len(required):
+        _raise_input_count(request, signature)
+    for input_name in request.inputs:
+        if input_name not in signature.inputs:
+            raise InvalidArgument(
+                f"unexpected inference input '{input_name}' for model '{signature.model_name}'"
+            )
+    if any(name not in request.inputs for name in required):
+        _raise_input_count(request, signature)
+
+
+def _raise_input_count(request: InferenceRequest, signature: Signature) -> None:
+    required = signature.required
+    missing = [name for name in required if name not in request.inputs]
+    got = ",".join(f"'{name}'" for name in request.inputs)
+    want = ",".join(f"'{name}'" for name in missing)
+    want = f"[{want}]" if want else "]"
+    raise InvalidArgument(
+        f"{_prefix(request)}expected {len(required)} inputs but got "
+        f"{len(request.inputs)} inputs for model '{signature.model_name}'. Got input(s) "
+        f"[{got}], but missing required input(s) {want}. Please provide all required "
+        "input(s)."
+    )
 
 
 def _check_batch_size(request: InferenceRequest, signature: Signature) -> bool:

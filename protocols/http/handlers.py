@@ -73,14 +73,14 @@ async def model_config(request: web.Request) -> web.Response:
 async def infer(request: web.Request) -> web.StreamResponse:
     server = request.app[SERVER]
     name, version = request.match_info["model"], _version(request)
-    if server.model(name, version).config.model_transaction_policy.decoupled:
+    model = server.model(name, version)
+    if model.config.model_transaction_policy.decoupled:
         raise Unsupported("HTTP end point doesn't support models with decoupled transaction policy")
     body = await _read_body(request)
     header_length = _header_length(request, body)
     if header_length == 0:  # the raw form: the body is the only input, outputs are binary
-        signature = server.model(name, version).signature
-        assert signature is not None
-        inference, binary_default = decode_raw_request(name, version, body, signature), True
+        assert model.signature is not None
+        inference, binary_default = decode_raw_request(name, version, body, model.signature), True
     else:
         inference, binary_default = decode_request(name, version, body, header_length)
     response = await server.infer(inference)
@@ -91,10 +91,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
     else:
         reply.content_type = "application/octet-stream"
         reply.headers[HEADER_LENGTH] = str(json_length)
-    if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get(
-        "Accept-Encoding", ""
-    ):
-        reply.enable_compression()
+    reply.enable_compression()  # only when Accept-Encoding asks for gzip or deflate
     return reply
 
 

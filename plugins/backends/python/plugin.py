@@ -161,10 +161,6 @@ class PythonInstance:
                 self._restart_delay = RESTART_DELAY
                 return
 
-    @property
-    def healthy(self) -> bool:
-        return self._ready.is_set()
-
     async def execute(self, requests: Sequence[InferenceRequest]) -> None:
         await self._ready.wait()
         worker = self.worker
