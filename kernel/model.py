@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -75,17 +76,34 @@ class ModelVersion:
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         """Validate, queue and await one request."""
+        scheduler = self._admit(request)
+        future = request.bind(asyncio.get_running_loop())
+        self.in_flight += 1
+        try:
+            scheduler.enqueue(request)
+            return await future
+        finally:
+            self.in_flight -= 1
+
+    async def stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
+        """Validate and queue one request, then yield each of its responses as it comes."""
+        scheduler = self._admit(request)
+        responses = request.bind_stream(asyncio.get_running_loop())
+        self.in_flight += 1
+        try:
+            scheduler.enqueue(request)
+            async for response in responses:
+                yield response
+        finally:
+            self.in_flight -= 1
+            await responses.aclose()  # type: ignore[attr-defined]
+
+    def _admit(self, request: InferenceRequest) -> DirectScheduler:
         if self.state is not ModelState.READY or self.scheduler is None:
             raise Unavailable(f"Request for unknown model: '{self.name}' is not ready")
         assert self.signature is not None
         validate_request(request, self.signature)
-        future = request.bind(asyncio.get_running_loop())
-        self.in_flight += 1
-        try:
-            self.scheduler.enqueue(request)
-            return await future
-        finally:
-            self.in_flight -= 1
+        return self.scheduler
 
     async def finalize(self) -> None:
         """Drain the scheduler, then finalize instances and the backend model."""

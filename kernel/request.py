@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Cancelled, KernelError
+from .errors import Cancelled, Internal, KernelError
 from .tensor import Tensor
 
 
@@ -31,6 +31,17 @@ class InferenceResponse:
     id: str = ""
     outputs: list[Tensor] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: The last response of its request (always true for non-decoupled models).
+    final: bool = True
+    #: An error response of a decoupled model: the stream goes on after it.
+    error: KernelError | None = None
+    #: Carries only the FINAL flag of a decoupled model (``send(flags=FINAL)`` alone);
+    #: Triton passes it to a client only when asked (``triton_enable_empty_final_response``).
+    flag_only: bool = False
+
+
+#: Marks the end of a request's response stream.
+_END = object()
 
 
 class InferenceRequest:
@@ -42,6 +53,7 @@ class InferenceRequest:
 
     __slots__ = (
         "_future",
+        "_responses",
         "correlation_id",
         "flags",
         "id",
@@ -80,14 +92,40 @@ class InferenceRequest:
         self.flags = flags
         self.priority = priority
         self.timeout_us = timeout_us
-        self._future: asyncio.Future[InferenceResponse] | None = None
+        self._future: asyncio.Future[Any] | None = None
+        self._responses: asyncio.Queue[Any] | None = None
 
     # --- the response channel (used by the kernel and backends) -----------------
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[InferenceResponse]:
-        """Create the future the response will arrive on (called once by the kernel)."""
+        """Create the future the one response will arrive on (called once by the kernel)."""
         self._future = loop.create_future()
         return self._future
+
+    def bind_stream(self, loop: asyncio.AbstractEventLoop) -> AsyncIterator[InferenceResponse]:
+        """Expect zero or more responses (decoupled models); iterate them as they come.
+
+        Closing the iterator before the final response cancels the request.
+        """
+        self._future = loop.create_future()
+        self._responses = asyncio.Queue()
+        return self._iterate(self._future, self._responses)
+
+    @staticmethod
+    async def _iterate(
+        future: asyncio.Future[Any], responses: asyncio.Queue[Any]
+    ) -> AsyncIterator[InferenceResponse]:
+        try:
+            while True:
+                item = await responses.get()
+                if item is _END:
+                    return
+                if isinstance(item, KernelError):
+                    raise item
+                yield item
+        finally:
+            if not future.done():
+                future.cancel()
 
     @property
     def cancelled(self) -> bool:
@@ -100,13 +138,54 @@ class InferenceRequest:
 
     def respond(self, response: InferenceResponse) -> None:
         """Deliver the final response; ignored when the caller has gone."""
-        if self._future is not None and not self._future.done():
+        if self._future is None or self._future.done():
+            return
+        if self._responses is None:
             self._future.set_result(response)
+        else:
+            response.final = True
+            self._responses.put_nowait(response)
+            self._end(None)
+
+    def send(self, response: InferenceResponse | None, *, final: bool) -> bool:
+        """Deliver one response of a decoupled model, or ``None`` with only the FINAL flag.
+
+        Returns False when nobody is waiting any more (the model may stop early).
+        """
+        if self._future is None or self._future.done():
+            return False
+        if self._responses is None:  # a decoupled model called for one response
+            if response is not None and response.error is not None:
+                self._future.set_exception(response.error)
+            elif response is not None:
+                self._future.set_result(response)
+            elif final:
+                self._future.set_exception(Internal("the model sent no response"))
+            return True
+        if response is None:
+            if final:
+                response = InferenceResponse(self.model_name, "", flag_only=True)
+        if response is not None:
+            response.final = final
+            self._responses.put_nowait(response)
+        if final:
+            self._end(None)
+        return True
 
     def fail(self, error: KernelError) -> None:
         """Fail the request with a typed error; ignored when the caller has gone."""
-        if self._future is not None and not self._future.done():
+        if self._future is None or self._future.done():
+            return
+        if self._responses is None:
             self._future.set_exception(error)
+        else:
+            self._responses.put_nowait(error)
+            self._end(None)
+
+    def _end(self, result: Any) -> None:
+        assert self._future is not None and self._responses is not None
+        self._responses.put_nowait(_END)
+        self._future.set_result(result)
 
     def on_cancel(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` if the caller stops waiting (a running model may then stop early)."""
@@ -115,5 +194,4 @@ class InferenceRequest:
         self._future.add_done_callback(lambda future: callback() if future.cancelled() else None)
 
     def cancel(self) -> None:
-        if self._future is not None and not self._future.done():
-            self._future.set_exception(Cancelled("request cancelled"))
+        self.fail(Cancelled("request cancelled"))

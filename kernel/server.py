@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, final
 
 from . import __version__
@@ -196,6 +197,25 @@ class Server:
             )
         response = await model.infer(request)
         return _finish(response, request, model)
+
+    async def infer_stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
+        """Run one request and yield every response: many (or none) for a decoupled model.
+
+        Each response says whether it is the last (``final``). Closing the iterator
+        early cancels the request.
+        """
+        model = self._manager.get(request.model_name, request.model_version)
+        responses = model.stream(request)
+        try:
+            async for response in responses:
+                if response.flag_only or response.error is not None:
+                    response.model_name, response.model_version = model.name, str(model.version)
+                    response.id = request.id
+                    yield response
+                else:
+                    yield _finish(response, request, model)
+        finally:
+            await responses.aclose()  # type: ignore[attr-defined]
 
 
 def _finish(

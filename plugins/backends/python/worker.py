@@ -21,6 +21,8 @@ from . import ipc
 log = logging.getLogger(__name__)
 
 STUB = Path(__file__).resolve().parent / "stub.py"
+#: ``TRITONSERVER_RESPONSE_COMPLETE_FINAL``.
+RESPONSE_COMPLETE_FINAL = 1
 
 
 class WorkerProcess:
@@ -31,6 +33,8 @@ class WorkerProcess:
         self.process = process
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._batches: dict[int, tuple[Sequence[InferenceRequest], asyncio.Future[None]]] = {}
+        #: Requests of a decoupled model by key, until their FINAL flag arrives.
+        self._open: dict[int, InferenceRequest] = {}
         self._ids = itertools.count()
         self._channel: ipc.AsyncChannel | None = None
         self.closed = asyncio.get_running_loop().create_future()
@@ -72,7 +76,15 @@ class WorkerProcess:
         batch = next(self._ids)
         done = asyncio.get_running_loop().create_future()
         self._batches[batch] = (requests, done)
-        self._send(("execute", batch, payloads))
+        for request, payload in zip(requests, payloads, strict=True):
+            self._open[payload["key"]] = request
+        try:
+            self._send(("execute", batch, payloads))
+        except BaseException:
+            self._batches.pop(batch, None)
+            for payload in payloads:
+                self._open.pop(payload["key"], None)
+            raise
         await done
 
     def cancel(self, key: int) -> None:
@@ -95,10 +107,13 @@ class WorkerProcess:
             _resolve(self._calls.pop(message[1], None), message[2])
         elif kind == "reply_error":
             _reject(self._calls.pop(message[1], None), Internal(message[2]))
+        elif kind == "send":
+            self._on_send(message[1], message[2], message[3])
         elif kind == "batch_done":
             requests, done = self._batches.pop(message[1])
             for request, result in zip(requests, message[2], strict=False):
                 deliver(request, result)
+            self._forget_answered()
             _resolve(done, None)
         elif kind == "batch_error":
             requests, done = self._batches.pop(message[1])
@@ -107,9 +122,30 @@ class WorkerProcess:
             )
             for request in requests:
                 request.fail(error)
+            self._forget_answered()
             _resolve(done, None)
         else:
             log.warning("unexpected message %r from the worker of '%s'", kind, self.label)
+
+    def _on_send(self, key: int, result: Any, flags: int) -> None:
+        """A decoupled model's ``sender.send(response, flags)``."""
+        request = self._open.get(key)
+        if request is None:
+            return  # cancelled, or already final: nobody is waiting
+        final = bool(flags & RESPONSE_COMPLETE_FINAL)
+        if final:
+            del self._open[key]
+        if result is None:
+            request.send(None, final=final)
+        elif result[0] == "error":
+            request.send(_error_response(request, result[1], result[2]), final=final)
+        else:
+            request.send(_response(request, result), final=final)
+
+    def _forget_answered(self) -> None:
+        """Drop the requests that are done (answered, failed or abandoned by their caller)."""
+        for key in [key for key, request in self._open.items() if request.done]:
+            del self._open[key]
 
     def _on_closed(self) -> None:
         """The worker's socket closed: fail whatever it held."""
@@ -122,6 +158,9 @@ class WorkerProcess:
                 request.fail(error)
             _resolve(done, None)
         self._batches.clear()
+        for request in self._open.values():
+            request.fail(error)
+        self._open.clear()
         _resolve(self.closed, None)
 
     # --- stopping ------------------------------------------------------------------------------
@@ -154,11 +193,20 @@ def deliver(request: InferenceRequest, result: Any) -> None:
     elif result[0] == "error":
         request.fail(KernelError.from_code(result[1], result[2]))
     else:
-        _kind, outputs, parameters = result
-        tensors = [Tensor(name, datatype_of(array), array) for name, array in outputs]
-        request.respond(
-            InferenceResponse(request.model_name, "", outputs=tensors, parameters=parameters)
-        )
+        request.respond(_response(request, result))
+
+
+def _response(request: InferenceRequest, result: Any) -> InferenceResponse:
+    _kind, outputs, parameters = result
+    tensors = [Tensor(name, datatype_of(array), array) for name, array in outputs]
+    return InferenceResponse(request.model_name, "", outputs=tensors, parameters=parameters)
+
+
+def _error_response(request: InferenceRequest, code: str, message: str) -> InferenceResponse:
+    """A decoupled model's error response: carried in-stream, as Triton carries it."""
+    response = InferenceResponse(request.model_name, "")
+    response.error = KernelError.from_code(code, message)
+    return response
 
 
 def _resolve(future: asyncio.Future[Any] | None, value: Any) -> None:
