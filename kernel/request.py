@@ -162,9 +162,8 @@ class InferenceRequest:
             elif final:
                 self._future.set_exception(Internal("the model sent no response"))
             return True
-        if response is None:
-            if final:
-                response = InferenceResponse(self.model_name, "", flag_only=True)
+        if response is None and final:
+            response = InferenceResponse(self.model_name, "", flag_only=True)
         if response is not None:
             response.final = final
             self._responses.put_nowait(response)

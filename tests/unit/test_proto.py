@@ -90,7 +90,9 @@ def test_descriptors_match_tritonclient(ours: str, theirs: FileDescriptor) -> No
     their_facts = _file_facts(theirs)
     assert sorted(set(their_facts) - set(our_facts)) == []  # nothing missing
     assert sorted(set(our_facts) - set(their_facts)) == []  # nothing invented
-    differing = {k: (our_facts[k], their_facts[k]) for k in their_facts if our_facts[k] != their_facts[k]}
+    differing = {
+        k: (our_facts[k], their_facts[k]) for k in their_facts if our_facts[k] != their_facts[k]
+    }
     assert differing == {}
     assert _streaming(POOL.FindFileByName(ours)) == _streaming(theirs)
 
@@ -160,7 +162,5 @@ def test_generated_code_is_not_stale(tmp_path: Path) -> None:
     fresh = generate.generated_files(tmp_path)
     committed = generate.generated_files(generate.HERE)
     assert fresh == committed
-    stale = [
-        str(p) for p in fresh if _normalised(tmp_path / p) != _normalised(generate.HERE / p)
-    ]
+    stale = [str(p) for p in fresh if _normalised(tmp_path / p) != _normalised(generate.HERE / p)]
     assert stale == [], "run: python -m triton_kernel.protocols.proto.generate"
