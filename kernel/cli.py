@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         add(f"--{protocol}-address", default="0.0.0.0")
         add(f"--{protocol}-port", type=_port, default=port)
     add("--http-max-input-size", type=_non_negative, default=64 * 1024 * 1024)
+    add("--grpc-max-message-size", type=_non_negative, default=2**31 - 1)
+    add("--grpc-keepalive-time", type=_non_negative, default=7_200_000)
+    add("--grpc-keepalive-timeout", type=_non_negative, default=20_000)
+    _flag(serve, "--grpc-keepalive-permit-without-calls", default=False)
+    add("--grpc-http2-max-pings-without-data", type=_non_negative, default=2)
     _flag(serve, "--allow-client-shm", default=False)
     add("--log-verbose", type=_non_negative, default=0)
     for level in ("info", "warning", "error"):
@@ -124,6 +129,11 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         allow_grpc=args.allow_grpc,
         grpc_address=args.grpc_address,
         grpc_port=args.grpc_port,
+        grpc_max_message_size=args.grpc_max_message_size,
+        grpc_keepalive_time_ms=args.grpc_keepalive_time,
+        grpc_keepalive_timeout_ms=args.grpc_keepalive_timeout,
+        grpc_keepalive_permit_without_calls=args.grpc_keepalive_permit_without_calls,
+        grpc_http2_max_pings_without_data=args.grpc_http2_max_pings_without_data,
         allow_metrics=args.allow_metrics,
         metrics_address=args.metrics_address,
         metrics_port=args.metrics_port,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -14,6 +15,7 @@ from .backend import BackendModel, InstanceSpec, ModelInstance
 from .errors import Unavailable
 from .request import InferenceRequest, InferenceResponse
 from .scheduler import DirectScheduler
+from .statistics import ModelStatistics
 from .validation import Signature, validate_request
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class ModelVersion:
     instances: list[ModelInstance] = field(default_factory=list)
     scheduler: DirectScheduler | None = None
     in_flight: int = 0
+    statistics: ModelStatistics = field(default_factory=ModelStatistics)
 
     @property
     def ready(self) -> bool:
@@ -71,7 +74,13 @@ class ModelVersion:
         except BaseException:
             await self.finalize()
             raise
-        self.scheduler = DirectScheduler(self.name, self.instances)
+        self.scheduler = DirectScheduler(
+            self.name,
+            self.instances,
+            self.statistics,
+            batching=self.config.max_batch_size > 0,
+            decoupled=self.config.model_transaction_policy.decoupled,
+        )
         self.state = ModelState.READY
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
@@ -79,23 +88,38 @@ class ModelVersion:
         scheduler = self._admit(request)
         future = request.bind(asyncio.get_running_loop())
         self.in_flight += 1
+        ok = False
         try:
             scheduler.enqueue(request)
-            return await future
+            response = await future
+            ok = True
+            return response
         finally:
             self.in_flight -= 1
+            self.statistics.request_done(request.enqueued_ns, ok)
 
-    async def stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
-        """Validate and queue one request, then yield each of its responses as it comes."""
-        scheduler = self._admit(request)
+    def stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
+        """Validate one request now (raising), then queue it and yield each response.
+
+        Validation errors are raised by this call, execution errors by the iteration:
+        Triton's stream tells the two apart.
+        """
+        return self._stream(self._admit(request), request)
+
+    async def _stream(
+        self, scheduler: DirectScheduler, request: InferenceRequest
+    ) -> AsyncIterator[InferenceResponse]:
         responses = request.bind_stream(asyncio.get_running_loop())
         self.in_flight += 1
+        ok = False
         try:
             scheduler.enqueue(request)
             async for response in responses:
                 yield response
+            ok = True
         finally:
             self.in_flight -= 1
+            self.statistics.request_done(request.enqueued_ns, ok)
             await responses.aclose()  # type: ignore[attr-defined]
 
     def _admit(self, request: InferenceRequest) -> DirectScheduler:
@@ -103,6 +127,7 @@ class ModelVersion:
             raise Unavailable(f"Request for unknown model: '{self.name}' is not ready")
         assert self.signature is not None
         validate_request(request, self.signature)
+        request.enqueued_ns = time.perf_counter_ns()
         return self.scheduler
 
     async def finalize(self) -> None:

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .backend import ModelContext
-from .config import ModelConfig, fill_defaults, read_config_file, validate_config
-from .errors import InvalidArgument, KernelError, NotFound, Unavailable
+from .config import (
+    ModelConfig,
+    config_from_json,
+    fill_defaults,
+    read_config_file,
+    validate_config,
+)
+from .errors import Internal, InvalidArgument, KernelError, NotFound, Unavailable
 from .model import ModelState, ModelVersion
 from .options import ServerOptions
 from .plugins import BackendLoader
@@ -38,6 +46,47 @@ FILE_BACKENDS = {
 
 
 @dataclass(slots=True)
+class ModelOverride:
+    """A load request's own configuration (and files) in place of the repository's."""
+
+    config: Any
+    #: A private model directory holding the override files, when there are any.
+    model_dir: Path | None = None
+
+    @classmethod
+    def build(cls, name: str, config_json: str | None, files: dict[str, bytes]) -> ModelOverride:
+        if files and config_json is None:  # Triton's wording for a load it cannot do
+            raise Internal(f"failed to load '{name}', failed to poll from model repository")
+        try:
+            config = config_from_json(config_json or "{}")
+        except InvalidArgument:
+            raise Internal(
+                f"failed to load '{name}', failed to poll from model repository"
+            ) from None
+        if not files:
+            return cls(config)
+        model_dir = Path(tempfile.mkdtemp(prefix=f"triton-kernel-{name}-")) / name
+        try:
+            for relative, content in files.items():
+                target = (model_dir / relative).resolve()
+                if model_dir.resolve() not in target.parents:
+                    raise InvalidArgument(
+                        f"failed to load '{name}': override file path '{relative}' leaves the "
+                        "model directory"
+                    )
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+        except BaseException:
+            shutil.rmtree(model_dir.parent, ignore_errors=True)
+            raise
+        return cls(config, model_dir)
+
+    def remove_files(self) -> None:
+        if self.model_dir is not None:
+            shutil.rmtree(self.model_dir.parent, ignore_errors=True)
+
+
+@dataclass(slots=True)
 class ModelEntry:
     """A model of the repository and its versions as they stand."""
 
@@ -48,6 +97,8 @@ class ModelEntry:
     #: Why the model as a whole failed to load (bad config, unknown backend).
     reason: str = ""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The configuration (and files) the last load was given in place of the repository's.
+    override: ModelOverride | None = None
 
     @property
     def ready_versions(self) -> list[ModelVersion]:
@@ -123,17 +174,28 @@ class ModelManager:
                 raise NotFound(f"failed to load '{name}', failed to poll from model repository")
         await asyncio.gather(*(self.load(name, found[name]) for name in wanted))
 
-    async def load(self, name: str, location: tuple[Path, Path] | None = None) -> ModelEntry:
+    async def load(
+        self,
+        name: str,
+        location: tuple[Path, Path] | None = None,
+        override: ModelOverride | None = None,
+    ) -> ModelEntry:
         """(Re)load one model; its failure is recorded on the entry, not raised."""
         if location is None:
             location = self.discover().get(name)
-            if location is None:
-                raise NotFound(f"failed to load '{name}', failed to poll from model repository")
+        if override is not None and override.model_dir is not None:
+            location = (override.model_dir, override.model_dir.parent)
+        if location is None:
+            raise Internal(f"failed to load '{name}', failed to poll from model repository")
         entry = self._models.get(name)
         if entry is None:
             entry = self._models[name] = ModelEntry(name, *location)
         async with entry.lock:
             await self._unload_versions(entry)
+            if entry.override is not None and entry.override is not override:
+                entry.override.remove_files()
+            entry.model_dir, entry.repository = location
+            entry.override = override
             entry.reason = ""
             try:
                 await self._load_versions(entry)
@@ -143,12 +205,15 @@ class ModelManager:
         return entry
 
     async def unload(self, name: str) -> None:
+        """Unload every version of ``name``; unloading an unknown model does nothing (Triton)."""
         entry = self._models.get(name)
         if entry is None:
-            raise NotFound(f"failed to unload '{name}', model is not loaded")
+            return
         async with entry.lock:
             await self._unload_versions(entry)
             entry.reason = "unloaded"
+            if entry.override is not None:
+                entry.override.remove_files()
 
     async def unload_all(self) -> None:
         await asyncio.gather(*(self.unload(name) for name in list(self._models)))
@@ -160,7 +225,11 @@ class ModelManager:
         )
 
     async def _load_versions(self, entry: ModelEntry) -> None:
-        config = read_config_file(entry.model_dir, self._options.model_config_name)
+        if entry.override is not None:
+            config = type(entry.override.config)()
+            config.CopyFrom(entry.override.config)
+        else:
+            config = read_config_file(entry.model_dir, self._options.model_config_name)
         if config is None:
             if not self._options.auto_complete_config:
                 raise InvalidArgument(

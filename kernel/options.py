@@ -32,6 +32,12 @@ class ServerOptions:
     allow_grpc: bool = True
     grpc_address: str = "0.0.0.0"
     grpc_port: int = 8001
+    #: Larger messages are refused with RESOURCE_EXHAUSTED before they are buffered.
+    grpc_max_message_size: int = 2**31 - 1
+    grpc_keepalive_time_ms: int = 7_200_000
+    grpc_keepalive_timeout_ms: int = 20_000
+    grpc_keepalive_permit_without_calls: bool = False
+    grpc_http2_max_pings_without_data: int = 2
 
     allow_metrics: bool = True
     metrics_address: str = "0.0.0.0"

@@ -55,6 +55,7 @@ class InferenceRequest:
         "_future",
         "_responses",
         "correlation_id",
+        "enqueued_ns",
         "flags",
         "id",
         "inputs",
@@ -92,6 +93,8 @@ class InferenceRequest:
         self.flags = flags
         self.priority = priority
         self.timeout_us = timeout_us
+        #: ``perf_counter_ns`` when the request entered its model's queue.
+        self.enqueued_ns = 0
         self._future: asyncio.Future[Any] | None = None
         self._responses: asyncio.Queue[Any] | None = None
 

@@ -16,8 +16,9 @@ from .classification import classify
 from .config import config_to_json
 from .errors import InvalidArgument, KernelError, NotFound, Unavailable, Unsupported
 from .frontend import Frontend
+from .logsettings import LogSettings
 from .model import ModelState, ModelVersion
-from .models import ModelManager
+from .models import ModelManager, ModelOverride
 from .options import ServerOptions
 from .plugins import BackendLoader, create_plugin_manager
 from .repository import RepositorySource
@@ -32,14 +33,26 @@ EXTENSIONS = (
     "model_configuration",
     "binary_tensor_data",
     "parameters",
+    "statistics",
+    "logging",
 )
+
+#: Triton's trace settings with tracing off (the only state this server offers).
+TRACE_SETTINGS = {
+    "trace_file": [""],
+    "trace_level": ["OFF"],
+    "trace_rate": ["1000"],
+    "trace_count": ["-1"],
+    "log_frequency": ["0"],
+    "trace_mode": ["triton"],
+}
 
 
 @final
 class Server:
     """A Triton-compatible inference server running in this process."""
 
-    __slots__ = ("_backends", "_frontends", "_live", "_manager", "_plugins", "options")
+    __slots__ = ("_backends", "_frontends", "_live", "_logs", "_manager", "_plugins", "options")
 
     def __init__(self, options: ServerOptions | None = None) -> None:
         self.options = options or ServerOptions()
@@ -50,6 +63,7 @@ class Server:
         self._manager = ModelManager(self._sources(), self._backends, self.options)
         self._frontends: list[Frontend] = []
         self._live = False
+        self._logs = LogSettings(self.options.log_verbose)
 
     def _sources(self) -> list[RepositorySource]:
         sources = []
@@ -170,10 +184,21 @@ class Server:
             index = [row for row in index if row.get("state") == ModelState.READY.value]
         return index
 
-    async def load_model(self, name: str) -> None:
+    async def load_model(
+        self, name: str, *, config: str | None = None, files: dict[str, bytes] | None = None
+    ) -> None:
+        """Load (or reload) ``name``; ``config`` (JSON) and ``files`` override the repository's.
+
+        ``files`` maps paths inside the model directory (``1/model.py``) to their
+        contents; with them the model loads from a private directory holding only
+        those files, as Triton does, and ``config`` is required.
+        """
         if self.options.model_control_mode != "explicit":
             raise Unavailable("explicit model load / unload is not allowed if polling is enabled")
-        entry = await self._manager.load(name)
+        override = None
+        if config is not None or files:
+            override = ModelOverride.build(name, config, files or {})
+        entry = await self._manager.load(name, override=override)
         reason = entry.reason or next(
             (v.reason for v in entry.versions.values() if not v.ready), ""
         )
@@ -184,6 +209,72 @@ class Server:
         if self.options.model_control_mode != "explicit":
             raise Unavailable("explicit model load / unload is not allowed if polling is enabled")
         await self._manager.unload(name)
+
+    # --- statistics, shared memory, trace and log settings ---------------------------
+
+    def statistics(self, name: str = "", version: int = -1) -> list[dict[str, Any]]:
+        """Triton's ``model_stats``: every version of every model, or of ``name``."""
+        if not name:
+            return [
+                v.statistics.to_dict(entry.name, v.version)
+                for entry in self._manager.entries()
+                for v in sorted(entry.versions.values(), key=lambda v: v.version)
+            ]
+        entry = self._manager.entry(name)
+        if entry is None:
+            raise InvalidArgument(f"requested model '{name}' is not available")
+        if version >= 0:
+            found = entry.versions.get(version)
+            if found is None or not found.ready:
+                raise InvalidArgument(
+                    f"requested model version is not available for model '{name}'"
+                )
+            return [found.statistics.to_dict(name, version)]
+        return [
+            v.statistics.to_dict(name, v.version)
+            for v in sorted(entry.ready_versions, key=lambda v: v.version)
+        ]
+
+    def shared_memory_status(self, kind: str, name: str = "") -> list[dict[str, Any]]:
+        """Registered regions of ``kind`` ("system" or "cuda"): none can be registered yet."""
+        if name:
+            raise NotFound(f"Unable to find {kind} shared memory region: '{name}'")
+        return []
+
+    def register_system_shared_memory(self, name: str, key: str, offset: int, size: int) -> None:
+        self._refuse_shared_memory("system")
+
+    def register_cuda_shared_memory(
+        self, name: str, handle: bytes, device_id: int, size: int
+    ) -> None:
+        self._refuse_shared_memory("cuda")
+
+    def unregister_shared_memory(self, kind: str, name: str = "") -> None:
+        """Unregister ``name`` (all regions when empty): nothing is registered, so a no-op."""
+
+    def _refuse_shared_memory(self, kind: str) -> None:
+        if not self.options.allow_client_shm:
+            raise Unavailable(
+                f"{kind} shared memory is disabled: start the server with --allow-client-shm"
+            )
+        raise Unsupported(f"{kind} shared memory registration is not supported by this server")
+
+    def trace_settings(self, model: str, update: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Triton's trace settings; tracing is off, and only "OFF" may be set."""
+        if model:
+            self._manager.get(model)
+        for key, values in update.items():
+            if key not in TRACE_SETTINGS:
+                raise InvalidArgument(f"unknown trace setting '{key}'")
+            if key == "trace_level" and any(v.upper() != "OFF" for v in values):
+                raise Unsupported(
+                    "tracing is not supported by this server: trace_level must be OFF"
+                )
+        return dict(TRACE_SETTINGS)
+
+    def log_settings(self, update: dict[str, Any]) -> dict[str, Any]:
+        """Triton's log settings, applied to Python's ``logging`` (levels and verbosity)."""
+        return self._logs.update(update)
 
     # --- inference ---------------------------------------------------------------
 
@@ -198,18 +289,24 @@ class Server:
         response = await model.infer(request)
         return _finish(response, request, model)
 
-    async def infer_stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
+    def infer_stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
         """Run one request and yield every response: many (or none) for a decoupled model.
 
-        Each response says whether it is the last (``final``). Closing the iterator
-        early cancels the request.
+        An unknown model or an invalid request raises from this call; a failure while
+        executing raises from the iteration. Each response says whether it is the last
+        (``final``). Closing the iterator early cancels the request.
         """
         model = self._manager.get(request.model_name, request.model_version)
-        responses = model.stream(request)
+        return self._finished(model.stream(request), request, model)
+
+    @staticmethod
+    async def _finished(
+        responses: AsyncIterator[InferenceResponse], request: InferenceRequest, model: ModelVersion
+    ) -> AsyncIterator[InferenceResponse]:
         try:
             async for response in responses:
                 if response.flag_only or response.error is not None:
-                    response.model_name, response.model_version = model.name, str(model.version)
+                    response.model_name, response.model_version = model.name, ""
                     response.id = request.id
                     yield response
                 else:

@@ -32,6 +32,8 @@ class RunningServer:
     process: subprocess.Popen[str]
     url: str
     log_path: Path
+    #: ``host:port`` of the gRPC frontend.
+    grpc_url: str = ""
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -48,21 +50,22 @@ class RunningServer:
 def start_server(
     repository: Path | None, *flags: str, log_path: Path, wait_ready: bool = True
 ) -> RunningServer:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     command = [sys.executable, "-m", "triton_kernel.kernel.cli", "serve"]
     if repository is not None:
         command.append(f"--model-repository={repository}")
     command += [
         "--http-address=127.0.0.1",
         f"--http-port={port}",
-        "--allow-grpc=false",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={grpc_port}",
         "--allow-metrics=false",
         "--exit-timeout-secs=5",
         *flags,
     ]
     log = log_path.open("w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
-    server = RunningServer(process, f"127.0.0.1:{port}", log_path)
+    server = RunningServer(process, f"127.0.0.1:{port}", log_path, f"127.0.0.1:{grpc_port}")
     if wait_ready:
         wait_until_live(server)
     return server

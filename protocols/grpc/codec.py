@@ -1,0 +1,463 @@
+"""ModelInfer messages in and out: protobuf's upb classes, raw contents as views.
+
+``raw_input_contents`` of a large request become numpy arrays over the received
+message (no copy): :func:`split_raw_contents` slices them out before the rest is
+parsed. Outputs are appended to the encoded reply as views of their arrays, with no
+intermediate list or message copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from triton_kernel.kernel.datatypes import (
+    DATATYPES,
+    ELEMENT_SIZES,
+    NUMPY_DTYPES,
+    serialize_bytes,
+)
+from triton_kernel.kernel.errors import InvalidArgument
+from triton_kernel.kernel.request import InferenceRequest, InferenceResponse, RequestedOutput
+from triton_kernel.kernel.tensor import Tensor
+from triton_kernel.protocols.proto.grpc_service import ModelInferRequest, ModelInferResponse
+
+#: Request parameters with a meaning to the server; they are not passed to the model.
+RESERVED_PARAMETERS = frozenset(
+    {
+        "sequence_id",
+        "sequence_start",
+        "sequence_end",
+        "priority",
+        "timeout",
+        "binary_data_output",
+        "triton_enable_empty_final_response",
+    }
+)
+_SEQUENCE_START, _SEQUENCE_END = 1, 2
+
+#: Below this size a request is parsed whole: copying a few kilobytes costs less than
+#: walking the message in Python to slice them out.
+ZERO_COPY_THRESHOLD = 64 * 1024
+_RAW_INPUT_TAG = (7 << 3) | 2  # raw_input_contents: field 7, length-delimited
+_RAW_OUTPUT_TAG = bytes([(6 << 3) | 2])  # raw_output_contents: field 6
+
+
+# --- wire helpers ----------------------------------------------------------------------
+
+
+def _varint(data: memoryview, offset: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if offset >= len(data):
+            raise InvalidArgument("malformed ModelInferRequest: truncated varint")
+        byte = data[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, offset
+        shift += 7
+        if shift > 63:
+            raise InvalidArgument("malformed ModelInferRequest: varint too long")
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def split_raw_contents(data: bytes) -> tuple[bytes | memoryview, list[memoryview]]:
+    """The message without its ``raw_input_contents``, and those as views over ``data``."""
+    view = memoryview(data)
+    rest: list[memoryview] = []
+    raw: list[memoryview] = []
+    offset, end = 0, len(view)
+    while offset < end:
+        start = offset
+        tag, offset = _varint(view, offset)
+        wire_type = tag & 7
+        if wire_type == 0:
+            _, offset = _varint(view, offset)
+        elif wire_type == 1:
+            offset += 8
+        elif wire_type == 5:
+            offset += 4
+        elif wire_type == 2:
+            length, offset = _varint(view, offset)
+            if tag == _RAW_INPUT_TAG:
+                if offset + length > end:
+                    raise InvalidArgument("malformed ModelInferRequest: truncated field")
+                raw.append(view[offset : offset + length])
+                offset += length
+                continue
+            offset += length
+        else:
+            raise InvalidArgument(f"malformed ModelInferRequest: wire type {wire_type}")
+        if offset > end:
+            raise InvalidArgument("malformed ModelInferRequest: truncated field")
+        rest.append(view[start:offset])
+    return b"".join(rest), raw
+
+
+def parse_infer_request(data: bytes) -> tuple[Any, list[Any]]:
+    """The request message and its raw input contents (views for large requests)."""
+    if len(data) < ZERO_COPY_THRESHOLD:
+        message = ModelInferRequest.FromString(data)
+        return message, list(message.raw_input_contents)
+    rest, raw = split_raw_contents(data)
+    return ModelInferRequest.FromString(rest), raw
+
+
+# --- requests ----------------------------------------------------------------------------
+
+
+def parameters_of(parameters: Any) -> dict[str, Any]:
+    """A ``map<string, InferParameter>`` as a plain dict."""
+    result = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        result[key] = getattr(parameter, choice) if choice else None
+    return result
+
+
+def model_version(text: str) -> int:
+    """A version string as Triton reads it ("" is -1: the version the policy serves)."""
+    if not text:
+        return -1
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidArgument(
+            f"failed to get model version from specified version string '{text}' "
+            "(details: stol), version should be an integral value > 0"
+        ) from None
+
+
+def decode_infer_request(message: Any, raw: list[Any]) -> tuple[InferenceRequest, bool]:
+    """The kernel request a ModelInferRequest carries, and whether empty finals are wanted.
+
+    Extra ``raw_input_contents`` beyond the inputs are ignored, as Triton ignores them.
+    """
+    name = message.model_name
+    parameters = _request_parameters(message.parameters)
+    decoder = _InputDecoder(name, message.id)
+    inputs: dict[str, Tensor] = {}
+    for index, tensor in enumerate(message.inputs):
+        decoded = decoder.decode(tensor, raw[index] if index < len(raw) else None, bool(raw))
+        if decoded.name in inputs:
+            raise InvalidArgument(
+                f"{decoder.prefix}input '{decoded.name}' already exists in request"
+            )
+        inputs[decoded.name] = decoded
+    request = InferenceRequest(
+        name,
+        inputs,
+        model_version=model_version(message.model_version),
+        id=message.id,
+        outputs=[_requested_output(output) for output in message.outputs],
+        parameters={k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS},
+    )
+    _apply_reserved(request, parameters)
+    return request, parameters.get("triton_enable_empty_final_response", False)
+
+
+#: Reserved request parameters -> the ``InferParameter`` fields Triton accepts for each.
+_RESERVED_TYPES = {
+    "sequence_id": ("int64_param", "string_param"),
+    "sequence_start": ("bool_param",),
+    "sequence_end": ("bool_param",),
+    "priority": ("int64_param", "uint64_param"),
+    "timeout": ("int64_param",),
+    "triton_enable_empty_final_response": ("bool_param",),
+}
+_MODEL_PARAMETER_TYPES = ("int64_param", "bool_param", "string_param")
+
+
+def _expected(fields: tuple[str, ...]) -> str:
+    if len(fields) == 1:
+        return f"{fields[0]}."
+    if len(fields) == 2:
+        return f"{fields[0]} or {fields[1]}."
+    return f"{', '.join(fields[:-1])}, or {fields[-1]}."
+
+
+def _request_parameters(parameters: Any) -> dict[str, Any]:
+    """Request parameters, type-checked as Triton checks them."""
+    result: dict[str, Any] = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        allowed = _RESERVED_TYPES.get(key, _MODEL_PARAMETER_TYPES)
+        if key.startswith("triton_") and key not in _RESERVED_TYPES:
+            raise InvalidArgument(
+                "parameter keys starting with 'triton_' are reserved for Triton usage. Only "
+                "the following keys starting with 'triton_' are allowed: "
+                "triton_enable_empty_final_response"
+            )
+        if choice not in allowed:
+            raise InvalidArgument(
+                f"invalid value type for '{key}' parameter, expected {_expected(allowed)}"
+            )
+        result[key] = getattr(parameter, choice)
+    return result
+
+
+#: datatype -> the typed ``InferTensorContents`` field that carries it.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+#: A typed contents field -> the datatype Triton names when it is the wrong one.
+_CONTENTS_TYPE = {
+    "bool_contents": "BOOL",
+    "int_contents": "INT32",
+    "int64_contents": "INT64",
+    "uint_contents": "UINT32",
+    "uint64_contents": "UINT64",
+    "fp32_contents": "FP32",
+    "fp64_contents": "FP64",
+    "bytes_contents": "BYTES",
+}
+
+
+class _InputDecoder:
+    """Decodes the inputs of one request, from raw contents or typed contents."""
+
+    def __init__(self, model: str, request_id: str) -> None:
+        self.model = model
+        self.prefix = f"[request id: {request_id or '<id_unknown>'}] "
+
+    def decode(self, tensor: Any, raw: Any, raw_used: bool) -> Tensor:
+        name, datatype = tensor.name, tensor.datatype
+        if datatype not in DATATYPES:
+            raise InvalidArgument(f"{self.prefix}invalid datatype for input {name}")
+        shape = tuple(tensor.shape)
+        count = self.element_count(name, shape)
+        if raw_used and tensor.HasField("contents"):
+            raise InvalidArgument(
+                f"contents field must not be specified when using raw_input_contents for "
+                f"'{name}' for model '{self.model}'"
+            )
+        if raw is not None:
+            array = self.from_raw(name, datatype, shape, count, raw)
+        else:
+            array = self.from_contents(name, datatype, shape, count, tensor.contents)
+        extra = parameters_of(tensor.parameters)
+        return Tensor(name, datatype, array, extra or None)
+
+    def element_count(self, name: str, shape: tuple[int, ...]) -> int:
+        count, extent = 1, 1
+        for dim in shape:
+            if dim < 0:
+                raise InvalidArgument(
+                    f"{self.prefix}All input dimensions should be specified for input '{name}' "
+                    f"for model '{self.model}', got [{','.join(map(str, shape))}]"
+                )
+            count *= dim
+            extent *= max(dim, 1)
+        if extent * 8 >= 2**63:
+            raise InvalidArgument(f"the element count of shape {list(shape)} overflows")
+        return count
+
+    def check_count(self, name: str, count: int, found: int) -> None:
+        if found != count:
+            raise InvalidArgument(
+                f"{self.prefix}expected {count} string elements for inference input '{name}' "
+                f"for model '{self.model}', got {found}"
+            )
+
+    def size_mismatch(self, name: str, expected: int, got: int) -> InvalidArgument:
+        return InvalidArgument(
+            f"{self.prefix}input byte size mismatch for input '{name}' for model "
+            f"'{self.model}'. Expected {expected}, got {got}"
+        )
+
+    def from_raw(
+        self, name: str, datatype: str, shape: tuple[int, ...], count: int, raw: Any
+    ) -> np.ndarray:
+        if datatype == "BYTES":
+            return self.bytes_from_raw(name, shape, count, memoryview(raw))
+        expected = count * ELEMENT_SIZES[datatype]
+        if len(raw) != expected:
+            raise self.size_mismatch(name, expected, len(raw))
+        return np.frombuffer(raw, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
+
+    def bytes_from_raw(
+        self, name: str, shape: tuple[int, ...], count: int, data: memoryview
+    ) -> np.ndarray:
+        items: list[bytes] = []
+        offset = 0
+        while offset < len(data):
+            if len(data) - offset < 4:
+                raise InvalidArgument(
+                    f"{self.prefix}incomplete string length indicator for inference input "
+                    f"'{name}' for model '{self.model}', expecting 4 bytes but only "
+                    f"{len(data) - offset} bytes available. Please make sure the string length "
+                    "indicator is in one buffer."
+                )
+            length = int.from_bytes(data[offset : offset + 4], "little")
+            offset += 4
+            if length > len(data) - offset:
+                raise InvalidArgument(
+                    f"{self.prefix}incomplete string data for inference input '{name}' for "
+                    f"model '{self.model}', expecting string of length {length} but only "
+                    f"{len(data) - offset} bytes available"
+                )
+            items.append(bytes(data[offset : offset + length]))
+            offset += length
+        self.check_count(name, count, len(items))
+        array = np.empty(count, dtype=np.object_)
+        array[:] = items
+        return array.reshape(shape)
+
+    def from_contents(
+        self, name: str, datatype: str, shape: tuple[int, ...], count: int, contents: Any
+    ) -> np.ndarray:
+        populated = [field for field in _CONTENTS_TYPE if len(getattr(contents, field))]
+        if not populated:
+            if count == 0:
+                return np.empty(shape, dtype=NUMPY_DTYPES[datatype])
+            raise InvalidArgument(
+                f"unable to find data for input tensor '{name}' for model '{self.model}' in "
+                "request."
+            )
+        field = _CONTENTS_FIELD.get(datatype)
+        if populated[0] != field:
+            raise InvalidArgument(
+                f"unexpected explicit tensor data for input tensor '{name}' for model "
+                f"'{self.model}' of type '{_CONTENTS_TYPE[populated[0]]}', expected datatype "
+                f"'{datatype}'"
+            )
+        values = getattr(contents, field)
+        if datatype == "BYTES":
+            self.check_count(name, count, len(values))
+            array = np.empty(count, dtype=np.object_)
+            array[:] = list(values)
+            return array.reshape(shape)
+        size = ELEMENT_SIZES[datatype]
+        if len(values) != count:
+            raise self.size_mismatch(name, count * size, len(values) * size)
+        wide = np.array(values, dtype=_WIDE[field])
+        return wide.astype(NUMPY_DTYPES[datatype]).reshape(shape)  # narrower types wrap
+
+
+#: The numpy type each typed contents field holds its values in.
+_WIDE = {
+    "bool_contents": np.bool_,
+    "int_contents": np.int32,
+    "int64_contents": np.int64,
+    "uint_contents": np.uint32,
+    "uint64_contents": np.uint64,
+    "fp32_contents": np.float32,
+    "fp64_contents": np.float64,
+}
+
+
+def _requested_output(output: Any) -> RequestedOutput:
+    parameters = parameters_of(output.parameters)
+    if "classification" in output.parameters:
+        choice = output.parameters["classification"].WhichOneof("parameter_choice")
+        if choice != "int64_param":
+            raise InvalidArgument(
+                "invalid value type for 'classification' parameter, expected int64_param"
+            )
+    class_count = max(parameters.get("classification", 0), 0)
+    return RequestedOutput(output.name, class_count, parameters)
+
+
+def _apply_reserved(request: InferenceRequest, parameters: dict[str, Any]) -> None:
+    """The parameters that steer the server (types already checked)."""
+    request.correlation_id = parameters.get("sequence_id", 0)
+    request.flags = (_SEQUENCE_START if parameters.get("sequence_start") else 0) | (
+        _SEQUENCE_END if parameters.get("sequence_end") else 0
+    )
+    request.priority = max(parameters.get("priority", 0), 0)
+    request.timeout_us = max(parameters.get("timeout", 0), 0)
+
+
+# --- responses ---------------------------------------------------------------------------
+
+
+def set_parameters(target: Any, parameters: dict[str, Any]) -> None:
+    """Fill a ``map<string, InferParameter>`` from a dict."""
+    for key, value in parameters.items():
+        parameter = target[key]
+        if isinstance(value, bool):
+            parameter.bool_param = value
+        elif isinstance(value, int):
+            if value >= 2**63:
+                parameter.uint64_param = value
+            else:
+                parameter.int64_param = value
+        elif isinstance(value, float):
+            parameter.double_param = value
+        else:
+            parameter.string_param = str(value)
+
+
+def encode_infer_response(
+    response: InferenceResponse, extra: dict[str, Any] | None = None
+) -> bytes:
+    """A serialized ModelInferResponse; every output travels in ``raw_output_contents``."""
+    message = ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    set_parameters(message.parameters, response.parameters)
+    if extra:
+        set_parameters(message.parameters, extra)
+    chunks: list[bytes | memoryview] = [b""]
+    for tensor in response.outputs:
+        message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        data = _tensor_bytes(tensor)
+        chunks += (_RAW_OUTPUT_TAG, _encode_varint(len(data)), data)
+    chunks[0] = message.SerializeToString()
+    return b"".join(chunks)
+
+
+def _tensor_bytes(tensor: Tensor) -> bytes | memoryview:
+    if tensor.datatype == "BYTES":
+        return serialize_bytes(tensor.data)
+    data = np.ascontiguousarray(tensor.data)
+    return memoryview(data.reshape(-1).view(np.uint8)) if data.size else b""
+
+
+def _length_delimited(field: int, data: bytes) -> list[bytes]:
+    return [bytes([(field << 3) | 2]), _encode_varint(len(data)), data]
+
+
+def encode_stream_response(infer_response: bytes, error_message: str) -> bytes:
+    """A serialized ModelStreamInferResponse around an already encoded ModelInferResponse."""
+    parts: list[bytes] = []
+    if error_message:
+        parts += _length_delimited(1, error_message.encode("utf-8"))
+    parts += _length_delimited(2, infer_response)
+    return b"".join(parts)
+
+
+def encode_stream_error(message: str, request_id: str) -> bytes:
+    """Triton's in-band error for a request that never ran: the message and its id."""
+    inner = ModelInferResponse(id=request_id).SerializeToString()
+    return encode_stream_response(inner, message)
+
+
+def encode_error_response(model_name: str, request_id: str, final: bool) -> bytes:
+    """The ``infer_response`` beside an in-band error of a request that ran."""
+    message = ModelInferResponse(model_name=model_name, id=request_id)
+    message.parameters["triton_final_response"].bool_param = final
+    return message.SerializeToString()

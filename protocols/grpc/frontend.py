@@ -1,0 +1,88 @@
+"""The gRPC frontend: a grpclib server on ``--grpc-address``:``--grpc-port``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from grpclib.config import Configuration
+from grpclib.protocol import H2Protocol
+from grpclib.server import Handler
+from grpclib.server import Server as GrpcServer
+
+from triton_kernel.kernel.options import ServerOptions
+from triton_kernel.kernel.server import Server
+
+from .service import HealthService, InferenceService
+from .wire import MessageCodec
+
+log = logging.getLogger(__name__)
+
+
+class _HeaderKeepingHandler(Handler):
+    """Keeps each call's request headers on its stream: ``grpc-encoding`` is needed to
+    decompress (``wire.request_header``), and grpclib's metadata drops ``grpc-*`` keys."""
+
+    def accept(self, stream: Any, headers: Any, release_stream: Any) -> None:
+        stream.headers = headers
+        super().accept(stream, headers, release_stream)
+
+
+class _Server(GrpcServer):
+    def _protocol_factory(self) -> H2Protocol:
+        self.__gc_step__()
+        handler = _HeaderKeepingHandler(
+            self._mapping, self._codec, self._status_details_codec, self.__dispatch__
+        )
+        self._handlers.add(handler)
+        return H2Protocol(handler, self._config, self._h2_config)
+
+
+class GrpcFrontend:
+    """Serves ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health``."""
+
+    name = "grpc"
+
+    def __init__(self, server: Server, options: ServerOptions) -> None:
+        self._options = options
+        limit = options.grpc_max_message_size
+        self._services = [InferenceService(server, limit), HealthService(server, limit)]
+        self._server: _Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``--grpc-port=0``)."""
+        assert self._server is not None and self._server._server is not None
+        return int(self._server._server.sockets[0].getsockname()[1])
+
+    def _configuration(self) -> Configuration:
+        options = self._options
+        return Configuration(
+            _keepalive_time=options.grpc_keepalive_time_ms / 1000 or None,
+            _keepalive_timeout=max(options.grpc_keepalive_timeout_ms, 1) / 1000,
+            _keepalive_permit_without_calls=options.grpc_keepalive_permit_without_calls,
+            _http2_max_pings_without_data=options.grpc_http2_max_pings_without_data,
+        )
+
+    async def start(self) -> None:
+        self._server = _Server(self._services, codec=MessageCodec(), config=self._configuration())
+        await self._server.start(
+            self._options.grpc_address, self._options.grpc_port, reuse_address=True
+        )
+        log.info("Started GRPCInferenceService at %s:%d", self._options.grpc_address, self.port)
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop accepting; calls in flight get ``grace_seconds`` to finish, then are cancelled."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        listener = server._server
+        if listener is not None:
+            listener.close()  # accept no new connections; calls in flight go on
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        while not all(h.check_closed() for h in server._handlers) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        server.close()  # cancels what is still running
+        await server.wait_closed()
