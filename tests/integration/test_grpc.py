@@ -6,7 +6,9 @@ import asyncio
 import json
 import queue
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -16,7 +18,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from .conftest import RunningServer
+from .conftest import RunningServer, start_server
 
 
 @pytest.fixture
@@ -689,3 +691,112 @@ def test_concurrent_calls_from_threads(server: RunningServer) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+# --- servers of their own: size limit, explicit model control --------------------------------
+
+
+def test_message_over_the_size_limit(repository: Path, tmp_path: Path) -> None:
+    server = start_server(repository, "--grpc-max-message-size=4096", log_path=tmp_path / "log")
+    try:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        wait_ready(client)
+        big = np.ones((1, 2000), dtype=np.float32)  # 8 KB of data
+        tensor = grpcclient.InferInput("IN_FP32", [1, 2000], "FP32")
+        tensor.set_data_from_numpy(big)
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("all_types", [tensor])
+        assert info.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert "larger than max" in str(info.value)
+        small = np.ones((1, 4), dtype=np.float32)
+        result = client.infer("add_sub", add_sub_inputs(small, small))
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), small + small)
+        client.close()
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def wait_ready(client: grpcclient.InferenceServerClient) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if client.is_server_ready():
+                return
+        except InferenceServerException:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("server not ready")
+
+
+IDENTITY_PY = b"""
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy() * 3)]
+            )
+            for r in requests
+        ]
+"""
+
+
+def test_explicit_load_unload_with_overrides(repository: Path, tmp_path: Path) -> None:
+    server = start_server(
+        repository,
+        "--model-control-mode=explicit",
+        "--load-model=add_sub",
+        log_path=tmp_path / "log",
+    )
+    try:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        wait_ready(client)
+        assert not client.is_model_ready("identity_bytes")
+        client.load_model("identity_bytes")
+        assert client.is_model_ready("identity_bytes")
+        client.unload_model("identity_bytes")
+        assert not client.is_model_ready("identity_bytes")
+        client.unload_model("never_loaded")  # Triton: OK
+
+        with pytest.raises(InferenceServerException) as info:
+            client.load_model("nope")
+        assert info.value.status() == "StatusCode.INTERNAL"
+        assert "failed to load 'nope', failed to poll from model repository" in str(info.value)
+
+        config = {
+            "name": "tripler",
+            "backend": "python",
+            "input": [{"name": "IN", "data_type": "TYPE_FP32", "dims": [2]}],
+            "output": [{"name": "OUT", "data_type": "TYPE_FP32", "dims": [2]}],
+        }
+        client.load_model(
+            "tripler", config=json.dumps(config), files={"file:1/model.py": IDENTITY_PY}
+        )
+        tensor = grpcclient.InferInput("IN", [2], "FP32")
+        tensor.set_data_from_numpy(np.array([1, 2], dtype=np.float32))
+        result = client.infer("tripler", [tensor])
+        np.testing.assert_array_equal(result.as_numpy("OUT"), [3, 6])
+
+        override = client.get_model_config("add_sub", as_json=True)["config"]
+        override["max_batch_size"] = 2
+        client.load_model("add_sub", config=json.dumps(override))
+        assert client.get_model_config("add_sub", as_json=True)["config"]["max_batch_size"] == 2
+
+        with grpc.insecure_channel(server.grpc_url) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            request = service_pb2.RepositoryModelLoadRequest(model_name="add_sub")
+            request.parameters["bogus"].bool_param = True
+            code, details = status_of(lambda: stub.RepositoryModelLoad(request))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            assert details == "unrecognized load parameter 'bogus'."
+            request = service_pb2.RepositoryModelLoadRequest(model_name="add_sub")
+            request.parameters["file:../../escape.py"].bytes_param = b"x"
+            request.parameters["config"].string_param = json.dumps(override)
+            code, _ = status_of(lambda: stub.RepositoryModelLoad(request))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert client.is_model_ready("add_sub")
+        client.close()
+    finally:
+        assert server.stop() == 0, server.log()
