@@ -1,7 +1,10 @@
-"""The direct scheduler: each request runs on the next free instance, one request per batch.
+"""The direct scheduler: each request runs on the least busy instance, one request per batch.
 
 This is Triton's default scheduler (no ``dynamic_batching``, no ``sequence_batching``).
-Each instance pulls from one shared queue, so N instances run N requests at once.
+One dispatcher drains the model's queue, so N instances run N requests at once. An
+instance may declare a ``pipeline_depth`` above 1 (the Python backend does: its worker
+runs one batch at a time but can hold the next), so that a batch is already waiting in
+the worker when the previous one finishes, instead of a round trip later.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class DirectScheduler:
-    """A queue drained by one task per model instance."""
+    """A queue, and a dispatcher that hands each request to the least busy instance."""
 
     def __init__(
         self,
@@ -38,22 +41,45 @@ class DirectScheduler:
         self._decoupled = decoupled
         self._queue: asyncio.Queue[InferenceRequest | None] = asyncio.Queue()
         self._instances = list(instances)
-        self._tasks = [
-            asyncio.create_task(self._serve(instance), name=f"{model_name}-instance-{i}")
-            for i, instance in enumerate(self._instances)
-        ]
+        self._depths = [max(getattr(i, "pipeline_depth", 1), 1) for i in self._instances]
+        self._busy = [0] * len(self._instances)
+        self._capacity = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+        self._dispatcher = asyncio.create_task(self._dispatch(), name=f"{model_name}-dispatch")
 
     def enqueue(self, request: InferenceRequest) -> None:
         self._queue.put_nowait(request)
 
-    async def _serve(self, instance: ModelInstance) -> None:
+    async def _dispatch(self) -> None:
         while True:
             request = await self._queue.get()
             if request is None:
                 return
-            if request.done:  # cancelled while queued: its slot is simply freed
+            if request.done:  # cancelled while queued: nothing to run
                 continue
-            await self._execute(instance, [request])
+            index = await self._free_instance()
+            if request.done:
+                continue
+            self._busy[index] += 1
+            task = asyncio.create_task(self._run(index, [request]))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _free_instance(self) -> int:
+        """The index of the least busy instance with room for one more batch."""
+        while True:
+            index = min(range(len(self._busy)), key=self._busy.__getitem__)
+            if self._busy[index] < self._depths[index]:
+                return index
+            self._capacity.clear()
+            await self._capacity.wait()
+
+    async def _run(self, index: int, batch: list[InferenceRequest]) -> None:
+        try:
+            await self._execute(self._instances[index], batch)
+        finally:
+            self._busy[index] -= 1
+            self._capacity.set()
 
     async def _execute(self, instance: ModelInstance, batch: list[InferenceRequest]) -> None:
         started = time.perf_counter_ns()
@@ -92,7 +118,8 @@ class DirectScheduler:
         return size
 
     async def drain_and_stop(self) -> None:
-        """Finish queued and running requests, then stop the instance tasks."""
-        for _ in self._tasks:
-            self._queue.put_nowait(None)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Finish queued and running requests, then stop the dispatcher."""
+        self._queue.put_nowait(None)
+        await asyncio.gather(self._dispatcher, return_exceptions=True)
+        while self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)

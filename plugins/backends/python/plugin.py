@@ -110,6 +110,9 @@ class PythonInstance:
     """One instance: its worker process, restarted when it dies."""
 
     _keys = itertools.count()
+    #: The worker runs one batch at a time; holding the next one in its inbox saves a
+    #: round trip between batches (the scheduler still prefers an idle instance).
+    pipeline_depth = 2
 
     def __init__(self, model: PythonModel, spec: InstanceSpec) -> None:
         self.model = model
