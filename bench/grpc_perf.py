@@ -16,12 +16,12 @@ import csv
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,27 +32,33 @@ TRITON_PORTS = (19100, 19101, 19102)
 KERNEL_PORTS = (19160, 19161)
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+def wait_until_ready(
+    http_port: int, process: subprocess.Popen[bytes], timeout: float = 120
+) -> None:
+    """Poll ``/v2/health/ready`` (both servers answer it once every model loaded)."""
+    url = f"http://127.0.0.1:{http_port}/v2/health/ready"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
         except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"port {port} did not open")
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not become ready")
 
 
-def start_triton(log: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_triton(log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     http, grpc, metrics = TRITON_PORTS
     command = [str(PEERS / "start_triton.sh"), str(MODELS), str(http), str(grpc), str(metrics)]
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    return process, grpc
+    return process, http, grpc
 
 
-def start_kernel(log: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_kernel(log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     http, grpc = KERNEL_PORTS
     command = [
         sys.executable,
@@ -68,7 +74,7 @@ def start_kernel(log: Path) -> tuple[subprocess.Popen[bytes], int]:
         "--log-info=false",
     ]
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    return process, grpc
+    return process, http, grpc
 
 
 def perf_analyzer(port: int, concurrency: int, interval_ms: int) -> dict[str, float]:
@@ -89,7 +95,9 @@ def perf_analyzer(port: int, concurrency: int, interval_ms: int) -> dict[str, fl
             "-f",
             str(report),
         ]
-        subprocess.run(command, check=True, capture_output=True, timeout=600)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"perf_analyzer failed:\n{done.stdout}\n{done.stderr}")
         with report.open() as file:
             row = next(csv.DictReader(file))
     return {
@@ -101,11 +109,10 @@ def perf_analyzer(port: int, concurrency: int, interval_ms: int) -> dict[str, fl
 
 def measure(name: str, start: object, concurrency: int, interval_ms: int) -> dict[str, float]:
     log = RESULTS / f"grpc_perf_{name}.log"
-    process, port = start(log)  # type: ignore[operator]
+    process, http_port, grpc_port = start(log)  # type: ignore[operator]
     try:
-        wait_for_port(port, process)
-        time.sleep(2)  # let every model finish loading
-        return perf_analyzer(port, concurrency, interval_ms)
+        wait_until_ready(http_port, process)
+        return perf_analyzer(grpc_port, concurrency, interval_ms)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
