@@ -30,6 +30,7 @@ def create_app(server: Server, max_input_size: int) -> web.Application:
         web.get("/v2/health/live", handlers.health_live, allow_head=False),
         web.get("/v2/health/ready", handlers.health_ready, allow_head=False),
         web.get("/v2", handlers.server_metadata, allow_head=False),
+        web.get("/v2/models/stats", handlers.model_statistics, allow_head=False),
         web.post("/v2/repository/index", handlers.repository_index),
         web.post("/v2/repository/models/{model}/load", handlers.repository_load),
         web.post("/v2/repository/models/{model}/unload", handlers.repository_unload),
@@ -39,6 +40,7 @@ def create_app(server: Server, max_input_size: int) -> web.Application:
             web.get(prefix, handlers.model_metadata, allow_head=False),
             web.get(f"{prefix}/ready", handlers.model_ready, allow_head=False),
             web.get(f"{prefix}/config", handlers.model_config, allow_head=False),
+            web.get(f"{prefix}/stats", handlers.model_statistics, allow_head=False),
             web.post(f"{prefix}/infer", handlers.infer),
         ]
     app.add_routes(routes)

@@ -67,6 +67,13 @@ async def model_config(request: web.Request) -> web.Response:
     return _json(request.app[SERVER].model_config(name, _version(request)))
 
 
+async def model_statistics(request: web.Request) -> web.Response:
+    """Triton's statistics extension; the kernel's counters, as gRPC's ModelStatistics."""
+    name = request.match_info.get("model", "")
+    stats = request.app[SERVER].statistics(name, _version(request))
+    return _json({"model_stats": stats})
+
+
 # --- inference -------------------------------------------------------------------------------
 
 

@@ -800,3 +800,17 @@ def test_explicit_load_unload_with_overrides(repository: Path, tmp_path: Path) -
         client.close()
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_statistics_are_one_count_for_both_frontends(
+    gclient: grpcclient.InferenceServerClient, client: object
+) -> None:
+    a = np.ones((1, 4), dtype=np.float32)
+    gclient.infer("add_sub", add_sub_inputs(a, a))
+    over_grpc = gclient.get_inference_statistics("add_sub", as_json=True)["model_stats"][0]
+    over_http = client.get_inference_statistics("add_sub")["model_stats"][0]  # type: ignore[attr-defined]
+    assert int(over_grpc["inference_stats"]["success"]["count"]) == int(
+        over_http["inference_stats"]["success"]["count"]
+    )
+    with pytest.raises(InferenceServerException, match="requested model 'nope' is not available"):
+        client.get_inference_statistics("nope")  # type: ignore[attr-defined]
