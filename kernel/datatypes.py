@@ -109,6 +109,51 @@ def deserialize_bytes(buffer: bytes | memoryview, count: int | None = None) -> n
     return result
 
 
+def decode_bytes_input(
+    data: memoryview, shape: tuple[int, ...], count: int, *, name: str, model: str, prefix: str
+) -> np.ndarray:
+    """A BYTES input from its wire layout, with Triton's texts (``prefix``: the request id).
+
+    Shared by the frontends: HTTP binary data and gRPC raw contents are the same layout.
+    """
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(data):
+        if len(data) - offset < 4:
+            raise InvalidArgument(
+                f"{prefix}incomplete string length indicator for inference input '{name}' for "
+                f"model '{model}', expecting 4 bytes but only {len(data) - offset} bytes "
+                "available. Please make sure the string length indicator is in one buffer."
+            )
+        length = int.from_bytes(data[offset : offset + 4], "little")
+        offset += 4
+        if length > len(data) - offset:
+            raise InvalidArgument(
+                f"incomplete string data for inference input '{name}', expecting string "
+                f"of length {length} but only {len(data) - offset} bytes available"
+            )
+        items.append(bytes(data[offset : offset + length]))
+        offset += length
+    check_string_count(count, len(items), name=name, model=model, prefix=prefix)
+    array = np.empty(count, dtype=np.object_)
+    array[:] = items
+    return array.reshape(shape)
+
+
+def check_string_count(count: int, found: int, *, name: str, model: str, prefix: str) -> None:
+    """Triton's errors for a BYTES input whose element count does not fit its shape."""
+    if found > count:
+        raise InvalidArgument(
+            f"{prefix}unexpected number of string elements {found} for inference "
+            f"input '{name}' for model '{model}', expecting {count}"
+        )
+    if found < count:
+        raise InvalidArgument(
+            f"{prefix}expected {count} string elements for inference input '{name}' "
+            f"for model '{model}', got {found}"
+        )
+
+
 def _as_bytes(item: object) -> bytes:
     if isinstance(item, bytes):
         return item

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .datatypes import datatype_of
+from .datatypes import datatype_of, serialize_bytes
 
 
 @dataclass(slots=True)
@@ -27,6 +27,13 @@ class Tensor:
     @property
     def shape(self) -> tuple[int, ...]:
         return self.data.shape
+
+    def to_bytes(self) -> bytes | memoryview:
+        """The tensor in Triton's binary layout: a view of the array, or encoded BYTES."""
+        if self.datatype == "BYTES":
+            return serialize_bytes(self.data)
+        data = np.ascontiguousarray(self.data)
+        return memoryview(data.reshape(-1).view(np.uint8)) if data.size else b""
 
     @classmethod
     def from_numpy(cls, name: str, array: np.ndarray) -> Tensor:

@@ -16,7 +16,8 @@ from triton_kernel.kernel.datatypes import (
     DATATYPES,
     ELEMENT_SIZES,
     NUMPY_DTYPES,
-    serialize_bytes,
+    check_string_count,
+    decode_bytes_input,
 )
 from triton_kernel.kernel.errors import InvalidArgument
 from triton_kernel.kernel.request import InferenceRequest, InferenceResponse, RequestedOutput
@@ -275,13 +276,6 @@ class _InputDecoder:
             raise InvalidArgument(f"the element count of shape {list(shape)} overflows")
         return count
 
-    def check_count(self, name: str, count: int, found: int) -> None:
-        if found != count:
-            raise InvalidArgument(
-                f"{self.prefix}expected {count} string elements for inference input '{name}' "
-                f"for model '{self.model}', got {found}"
-            )
-
     def size_mismatch(self, name: str, expected: int, got: int) -> InvalidArgument:
         return InvalidArgument(
             f"{self.prefix}input byte size mismatch for input '{name}' for model "
@@ -292,39 +286,13 @@ class _InputDecoder:
         self, name: str, datatype: str, shape: tuple[int, ...], count: int, raw: Any
     ) -> np.ndarray:
         if datatype == "BYTES":
-            return self.bytes_from_raw(name, shape, count, memoryview(raw))
+            return decode_bytes_input(
+                memoryview(raw), shape, count, name=name, model=self.model, prefix=self.prefix
+            )
         expected = count * ELEMENT_SIZES[datatype]
         if len(raw) != expected:
             raise self.size_mismatch(name, expected, len(raw))
         return np.frombuffer(raw, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
-
-    def bytes_from_raw(
-        self, name: str, shape: tuple[int, ...], count: int, data: memoryview
-    ) -> np.ndarray:
-        items: list[bytes] = []
-        offset = 0
-        while offset < len(data):
-            if len(data) - offset < 4:
-                raise InvalidArgument(
-                    f"{self.prefix}incomplete string length indicator for inference input "
-                    f"'{name}' for model '{self.model}', expecting 4 bytes but only "
-                    f"{len(data) - offset} bytes available. Please make sure the string length "
-                    "indicator is in one buffer."
-                )
-            length = int.from_bytes(data[offset : offset + 4], "little")
-            offset += 4
-            if length > len(data) - offset:
-                raise InvalidArgument(
-                    f"{self.prefix}incomplete string data for inference input '{name}' for "
-                    f"model '{self.model}', expecting string of length {length} but only "
-                    f"{len(data) - offset} bytes available"
-                )
-            items.append(bytes(data[offset : offset + length]))
-            offset += length
-        self.check_count(name, count, len(items))
-        array = np.empty(count, dtype=np.object_)
-        array[:] = items
-        return array.reshape(shape)
 
     def from_contents(
         self, name: str, datatype: str, shape: tuple[int, ...], count: int, contents: Any
@@ -346,7 +314,7 @@ class _InputDecoder:
             )
         values = getattr(contents, field)
         if datatype == "BYTES":
-            self.check_count(name, count, len(values))
+            check_string_count(count, len(values), name=name, model=self.model, prefix=self.prefix)
             array = np.empty(count, dtype=np.object_)
             array[:] = list(values)
             return array.reshape(shape)
@@ -424,17 +392,10 @@ def encode_infer_response(
     chunks: list[bytes | memoryview] = [b""]
     for tensor in response.outputs:
         message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        data = _tensor_bytes(tensor)
+        data = tensor.to_bytes()
         chunks += (_RAW_OUTPUT_TAG, _encode_varint(len(data)), data)
     chunks[0] = message.SerializeToString()
     return b"".join(chunks)
-
-
-def _tensor_bytes(tensor: Tensor) -> bytes | memoryview:
-    if tensor.datatype == "BYTES":
-        return serialize_bytes(tensor.data)
-    data = np.ascontiguousarray(tensor.data)
-    return memoryview(data.reshape(-1).view(np.uint8)) if data.size else b""
 
 
 def _length_delimited(field: int, data: bytes) -> list[bytes]:

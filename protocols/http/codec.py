@@ -16,7 +16,8 @@ from triton_kernel.kernel.datatypes import (
     DATATYPES,
     ELEMENT_SIZES,
     NUMPY_DTYPES,
-    serialize_bytes,
+    check_string_count,
+    decode_bytes_input,
 )
 from triton_kernel.kernel.errors import Internal, InvalidArgument
 from triton_kernel.kernel.request import InferenceRequest, InferenceResponse, RequestedOutput
@@ -161,7 +162,9 @@ class _InputDecoder:
         data = self.binary[self.offset : self.offset + size]
         self.offset += size
         if datatype == "BYTES":
-            return self.bytes_from_binary(name, shape, count, data)
+            return decode_bytes_input(
+                data, shape, count, name=name, model=self.model, prefix=self.prefix
+            )
         expected = count * ELEMENT_SIZES[datatype]
         if len(data) != expected:
             self.deferred = self.deferred or InvalidArgument(
@@ -171,44 +174,8 @@ class _InputDecoder:
             return np.empty(0, dtype=NUMPY_DTYPES[datatype])
         return np.frombuffer(data, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
 
-    def bytes_from_binary(
-        self, name: str, shape: tuple[int, ...], count: int, data: memoryview
-    ) -> np.ndarray:
-        items: list[bytes] = []
-        offset = 0
-        while offset < len(data):
-            if len(data) - offset < 4:
-                raise InvalidArgument(
-                    f"{self.prefix}incomplete string length indicator for inference input "
-                    f"'{name}' for model '{self.model}', expecting 4 bytes but only "
-                    f"{len(data) - offset} bytes available. Please make sure the string length "
-                    "indicator is in one buffer."
-                )
-            length = int.from_bytes(data[offset : offset + 4], "little")
-            offset += 4
-            if length > len(data) - offset:
-                raise InvalidArgument(
-                    f"incomplete string data for inference input '{name}', expecting string "
-                    f"of length {length} but only {len(data) - offset} bytes available"
-                )
-            items.append(bytes(data[offset : offset + length]))
-            offset += length
-        self.check_string_count(name, count, len(items))
-        array = np.empty(count, dtype=np.object_)
-        array[:] = items
-        return array.reshape(shape)
-
     def check_string_count(self, name: str, count: int, found: int) -> None:
-        if found > count:
-            raise InvalidArgument(
-                f"{self.prefix}unexpected number of string elements {found} for inference "
-                f"input '{name}' for model '{self.model}', expecting {count}"
-            )
-        if found < count:
-            raise InvalidArgument(
-                f"{self.prefix}expected {count} string elements for inference input '{name}' "
-                f"for model '{self.model}', got {found}"
-            )
+        check_string_count(count, found, name=name, model=self.model, prefix=self.prefix)
 
     def from_json(
         self, name: str, datatype: str, shape: tuple[int, ...], count: int, data: Any
@@ -387,7 +354,7 @@ def encode_response(
             "shape": list(tensor.shape),
         }
         if wants_binary.get(tensor.name, binary_default):
-            data = _tensor_bytes(tensor)
+            data = tensor.to_bytes()
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         elif tensor.datatype in ("FP16", "BF16"):
@@ -403,13 +370,6 @@ def encode_response(
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)
-
-
-def _tensor_bytes(tensor: Tensor) -> bytes | memoryview:
-    if tensor.datatype == "BYTES":
-        return serialize_bytes(tensor.data)
-    data = np.ascontiguousarray(tensor.data)
-    return memoryview(data.reshape(-1).view(np.uint8)) if data.size else b""
 
 
 def _json_data(tensor: Tensor) -> list[Any]:
