@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .errors import KernelError
+from .logsettings import LOG_FORMAT, log_level
 from .options import ServerOptions
 from .server import Server
 
@@ -150,17 +151,10 @@ def example_repository() -> Path:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    if args.log_verbose > 0:
-        level = logging.DEBUG
-    elif args.log_info:
-        level = logging.INFO
-    elif args.log_warning:
-        level = logging.WARNING
-    else:
-        level = logging.ERROR if args.log_error else logging.CRITICAL
-    logging.basicConfig(
-        level=level, format="%(levelname).1s%(asctime)s %(name)s] %(message)s", stream=sys.stderr
+    level = log_level(
+        info=args.log_info, warning=args.log_warning, error=args.log_error, verbose=args.log_verbose
     )
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
 
 
 async def serve(options: ServerOptions) -> int:

@@ -14,10 +14,23 @@ from typing import Any
 from .errors import InvalidArgument
 
 _LOGGER = "triton_kernel"
+LOG_FORMAT = "%(levelname).1s%(asctime)s %(name)s] %(message)s"
+#: Triton's ``--log-format`` choices.
 _FORMATS = {
-    "default": "%(levelname).1s%(asctime)s %(name)s] %(message)s",
+    "default": LOG_FORMAT,
     "ISO8601": "%(asctime)s %(levelname).1s %(name)s] %(message)s",
 }
+
+
+def log_level(*, info: bool, warning: bool, error: bool, verbose: int) -> int:
+    """The ``logging`` level that Triton's four log switches amount to."""
+    if verbose > 0:
+        return logging.DEBUG
+    if info:
+        return logging.INFO
+    if warning:
+        return logging.WARNING
+    return logging.ERROR if error else logging.CRITICAL
 
 
 class LogSettings:
@@ -61,14 +74,12 @@ class LogSettings:
 
     @staticmethod
     def _apply(settings: dict[str, Any], handler: logging.Handler) -> None:
-        if settings["log_verbose_level"] > 0:
-            level = logging.DEBUG
-        elif settings["log_info"]:
-            level = logging.INFO
-        elif settings["log_warning"]:
-            level = logging.WARNING
-        else:
-            level = logging.ERROR if settings["log_error"] else logging.CRITICAL + 1
+        level = log_level(
+            info=settings["log_info"],
+            warning=settings["log_warning"],
+            error=settings["log_error"],
+            verbose=settings["log_verbose_level"],
+        )
         root = logging.getLogger()
         root.setLevel(level)
         logging.getLogger(_LOGGER).setLevel(level)

@@ -278,9 +278,16 @@ class Server:
 
     # --- inference ---------------------------------------------------------------
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        """Run one request to completion and return its (non-decoupled) response."""
-        model = self._manager.get(request.model_name, request.model_version)
+    async def infer(
+        self, request: InferenceRequest, model: ModelVersion | None = None
+    ) -> InferenceResponse:
+        """Run one request to completion and return its (non-decoupled) response.
+
+        ``model``: the version ``self.model()`` already gave the caller for this request
+        (frontends look it up first to answer decoupled models in their own words).
+        """
+        if model is None:
+            model = self._manager.get(request.model_name, request.model_version)
         if model.config.model_transaction_policy.decoupled:
             raise Unsupported(
                 f"model '{model.name}' is decoupled: its responses are streamed, use a "

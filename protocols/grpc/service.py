@@ -57,7 +57,6 @@ class InferenceService(pb.GrpcInferenceServiceBase):
                 pb.ModelMetadataRequest,
                 pb.ModelMetadataResponse,
             ),
-            "ModelInfer": (self.model_infer, None, None),
             "ModelConfig": (self.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
             "ModelStatistics": (
                 self.model_statistics,
@@ -287,7 +286,7 @@ class InferenceService(pb.GrpcInferenceServiceBase):
             raise Unsupported(
                 "ModelInfer RPC doesn't support models with decoupled transaction policy"
             )
-        response = await self.server.infer(request)
+        response = await self.server.infer(request, model)
         return codec.encode_infer_response(response)
 
     async def _model_infer(self, stream: Stream) -> None:

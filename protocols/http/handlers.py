@@ -90,7 +90,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
         inference, binary_default = decode_raw_request(name, version, body, model.signature), True
     else:
         inference, binary_default = decode_request(name, version, body, header_length)
-    response = await server.infer(inference)
+    response = await server.infer(inference, model)
     payload, json_length = encode_response(response, inference.outputs, binary_default)
     reply = web.Response(body=payload)
     if json_length is None:
