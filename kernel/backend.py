@@ -32,6 +32,8 @@ class ModelContext:
     auto_complete: bool = True
     #: Its ``--backend-config=<backend>,<key>=<value>`` pairs, plus the global ones.
     backend_settings: dict[str, str] = field(default_factory=dict)
+    #: The in-process ``Server`` API, for models that call other models (BLS, ensembles).
+    server: Any = None
 
     @property
     def version_dir(self) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 from .backend import BackendModel, InstanceSpec, ModelInstance
 from .errors import Unavailable
 from .request import InferenceRequest, InferenceResponse
-from .scheduler import DirectScheduler
+from .scheduler import Scheduler, create_scheduler
 from .statistics import ModelStatistics
 from .validation import Signature, validate_request
 
@@ -45,7 +45,7 @@ class ModelVersion:
     labels: dict[str, list[str]] = field(default_factory=dict)
     backend_model: BackendModel | None = None
     instances: list[ModelInstance] = field(default_factory=list)
-    scheduler: DirectScheduler | None = None
+    scheduler: Scheduler | None = None
     in_flight: int = 0
     statistics: ModelStatistics = field(default_factory=ModelStatistics)
 
@@ -74,13 +74,7 @@ class ModelVersion:
         except BaseException:
             await self.finalize()
             raise
-        self.scheduler = DirectScheduler(
-            self.name,
-            self.instances,
-            self.statistics,
-            batching=self.config.max_batch_size > 0,
-            decoupled=self.config.model_transaction_policy.decoupled,
-        )
+        self.scheduler = create_scheduler(self.name, self.config, self.instances, self.statistics)
         self.state = ModelState.READY
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
@@ -107,7 +101,7 @@ class ModelVersion:
         return self._stream(self._admit(request), request)
 
     async def _stream(
-        self, scheduler: DirectScheduler, request: InferenceRequest
+        self, scheduler: Scheduler, request: InferenceRequest
     ) -> AsyncIterator[InferenceResponse]:
         responses = request.bind_stream(asyncio.get_running_loop())
         self.in_flight += 1
@@ -122,7 +116,7 @@ class ModelVersion:
             self.statistics.request_done(request.enqueued_ns, ok)
             await responses.aclose()  # type: ignore[attr-defined]
 
-    def _admit(self, request: InferenceRequest) -> DirectScheduler:
+    def _admit(self, request: InferenceRequest) -> Scheduler:
         if self.state is not ModelState.READY or self.scheduler is None:
             raise Unavailable(f"Request for unknown model: '{self.name}' is not ready")
         assert self.signature is not None

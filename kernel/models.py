@@ -113,8 +113,11 @@ class ModelManager:
         sources: list[RepositorySource],
         backends: BackendLoader,
         options: ServerOptions,
+        server: Any = None,
     ) -> None:
         self._sources = sources
+        #: The ``Server`` that owns this manager, handed to backends (BLS, ensembles).
+        self._server = server
         self._backends = backends
         self._options = options
         self._models: dict[str, ModelEntry] = {}
@@ -261,6 +264,7 @@ class ModelManager:
             config=version_config,
             auto_complete=self._options.auto_complete_config,
             backend_settings=self._backend_settings(backend.name),
+            server=self._server,
         )
         try:
             backend_model = await backend.load_model(context)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 from .backend import ModelInstance
 from .errors import Internal, KernelError
@@ -20,6 +21,32 @@ from .request import InferenceRequest
 from .statistics import ModelStatistics
 
 log = logging.getLogger(__name__)
+
+
+class Scheduler(Protocol):
+    """What a model version needs of its scheduler: take requests, and drain at unload."""
+
+    def enqueue(self, request: InferenceRequest) -> None:
+        """Queue ``request``; raise a ``KernelError`` to refuse it before it is queued."""
+
+    async def drain_and_stop(self) -> None:
+        """Finish queued and running requests, then stop."""
+
+
+def create_scheduler(
+    model_name: str,
+    config: Any,
+    instances: Sequence[ModelInstance],
+    statistics: ModelStatistics,
+) -> Scheduler:
+    """The scheduler a model's configuration asks for (Triton's choice of scheduler)."""
+    return DirectScheduler(
+        model_name,
+        instances,
+        statistics,
+        batching=config.max_batch_size > 0,
+        decoupled=config.model_transaction_policy.decoupled,
+    )
 
 
 class DirectScheduler:

@@ -60,7 +60,7 @@ class Server:
         self._backends = BackendLoader(
             self._plugins, self.options.backend_directories, self.options.backend_config
         )
-        self._manager = ModelManager(self._sources(), self._backends, self.options)
+        self._manager = ModelManager(self._sources(), self._backends, self.options, self)
         self._frontends: list[Frontend] = []
         self._live = False
         self._logs = LogSettings(self.options.log_verbose)
