@@ -64,6 +64,7 @@ class InferenceRequest:
         "outputs",
         "parameters",
         "priority",
+        "response_hook",
         "timeout_us",
     )
 
@@ -95,6 +96,9 @@ class InferenceRequest:
         self.timeout_us = timeout_us
         #: ``perf_counter_ns`` when the request entered its model's queue.
         self.enqueued_ns = 0
+        #: Called with each response before its caller sees it (the sequence batcher
+        #: takes a model's implicit state outputs out of it).
+        self.response_hook: Callable[[InferenceResponse], None] | None = None
         self._future: asyncio.Future[Any] | None = None
         self._responses: asyncio.Queue[Any] | None = None
 
@@ -143,6 +147,8 @@ class InferenceRequest:
         """Deliver the final response; ignored when the caller has gone."""
         if self._future is None or self._future.done():
             return
+        if self.response_hook is not None:
+            self.response_hook(response)
         if self._responses is None:
             self._future.set_result(response)
         else:
@@ -157,6 +163,8 @@ class InferenceRequest:
         """
         if self._future is None or self._future.done():
             return False
+        if self.response_hook is not None and response is not None and response.error is None:
+            self.response_hook(response)
         if self._responses is None:  # a decoupled model called for one response
             if response is not None and response.error is not None:
                 self._future.set_exception(response.error)

@@ -1,10 +1,9 @@
-"""The direct scheduler: each request runs on the least busy instance, one request per batch.
+"""Schedulers: how a model's requests become batches on its instances.
 
-This is Triton's default scheduler (no ``dynamic_batching``, no ``sequence_batching``).
-One dispatcher drains the model's queue, so N instances run N requests at once. An
-instance may declare a ``pipeline_depth`` above 1 (the Python backend does: its worker
-runs one batch at a time but can hold the next), so that a batch is already waiting in
-the worker when the previous one finishes, instead of a round trip later.
+Triton picks one scheduler per model from its configuration: the sequence batcher
+(``sequence_batching``), the dynamic batcher (``dynamic_batching``), or the default
+scheduler, which runs each request on its own. All of them hand batches to the same
+:class:`InstancePool`, which knows which instance is free and records statistics.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .backend import ModelInstance
@@ -40,38 +39,148 @@ def create_scheduler(
     statistics: ModelStatistics,
 ) -> Scheduler:
     """The scheduler a model's configuration asks for (Triton's choice of scheduler)."""
-    return DirectScheduler(
-        model_name,
-        instances,
-        statistics,
-        batching=config.max_batch_size > 0,
-        decoupled=config.model_transaction_policy.decoupled,
-    )
+    batching = config.max_batch_size > 0
+    decoupled = config.model_transaction_policy.decoupled
+    if config.HasField("sequence_batching"):
+        from .sequence import SequenceBatcher
+
+        pool = InstancePool(model_name, instances, statistics, batching, decoupled, pipelined=False)
+        return SequenceBatcher(model_name, config, pool)
+    if config.HasField("dynamic_batching"):
+        from .batcher import DynamicBatcher
+
+        # A batch is formed when an instance is free, not earlier: what arrives while
+        # the instance works joins the next batch instead of waiting behind a small one.
+        pool = InstancePool(model_name, instances, statistics, batching, decoupled, pipelined=False)
+        return DynamicBatcher(model_name, config, pool)
+    pool = InstancePool(model_name, instances, statistics, batching, decoupled)
+    return DirectScheduler(model_name, pool)
 
 
-class DirectScheduler:
-    """A queue, and a dispatcher that hands each request to the least busy instance."""
+def request_batch_size(request: InferenceRequest, batching: bool) -> int:
+    """How many batch rows ``request`` adds: its first dimension when the model batches."""
+    if not batching:
+        return 1
+    first = next(iter(request.inputs.values()), None)
+    return first.data.shape[0] if first is not None and first.data.ndim else 1
+
+
+class InstancePool:
+    """A model's instances, how busy each is, and the one place batches are executed.
+
+    An instance may declare a ``pipeline_depth`` above 1 (the Python backend does: its
+    worker runs one batch at a time but can hold the next), so that under the default
+    scheduler a batch is already waiting in the worker when the previous one finishes.
+    Batching schedulers ask for ``pipelined=False``: they form a batch only for an idle
+    instance, so that requests arriving meanwhile join it.
+    """
 
     def __init__(
         self,
         model_name: str,
         instances: Sequence[ModelInstance],
         statistics: ModelStatistics,
-        batching: bool = False,
-        decoupled: bool = False,
+        batching: bool,
+        decoupled: bool,
+        *,
+        pipelined: bool = True,
     ) -> None:
-        self._model_name = model_name
-        self._statistics = statistics
+        self.model_name = model_name
+        self.instances = list(instances)
+        self.statistics = statistics
         #: Whether the first dimension of each input is the batch (``max_batch_size`` > 0).
-        self._batching = batching
+        self.batching = batching
         #: Decoupled models may answer after ``execute`` returned (from their own threads).
-        self._decoupled = decoupled
-        self._queue: asyncio.Queue[InferenceRequest | None] = asyncio.Queue()
-        self._instances = list(instances)
-        self._depths = [max(getattr(i, "pipeline_depth", 1), 1) for i in self._instances]
-        self._busy = [0] * len(self._instances)
+        self.decoupled = decoupled
+        self._depths = [
+            max(getattr(i, "pipeline_depth", 1), 1) if pipelined else 1 for i in self.instances
+        ]
+        self._busy = [0] * len(self.instances)
         self._capacity = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
+
+    def has_room(self, index: int) -> bool:
+        return self._busy[index] < self._depths[index]
+
+    async def acquire(self) -> int:
+        """The index of the least busy instance with room for one more batch."""
+        while True:
+            index = min(range(len(self._busy)), key=self._busy.__getitem__)
+            if self.has_room(index):
+                return index
+            self._capacity.clear()
+            await self._capacity.wait()
+
+    async def wait_for_room(self) -> None:
+        """Return once some batch finishes (the caller then looks again)."""
+        self._capacity.clear()
+        await self._capacity.wait()
+
+    def launch(
+        self,
+        index: int,
+        batch: list[InferenceRequest],
+        after: Callable[[list[InferenceRequest]], None] | None = None,
+    ) -> None:
+        """Execute ``batch`` on instance ``index`` in the background; then call ``after``."""
+        self._busy[index] += 1
+        task = asyncio.create_task(self._run(index, batch, after))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(
+        self,
+        index: int,
+        batch: list[InferenceRequest],
+        after: Callable[[list[InferenceRequest]], None] | None,
+    ) -> None:
+        try:
+            await self._execute(self.instances[index], batch)
+        finally:
+            self._busy[index] -= 1
+            self._capacity.set()
+            if after is not None:
+                after(batch)
+
+    async def _execute(self, instance: ModelInstance, batch: list[InferenceRequest]) -> None:
+        started = time.perf_counter_ns()
+        for request in batch:
+            self.statistics.queued(started - request.enqueued_ns)
+        try:
+            called = time.perf_counter_ns()
+            await instance.execute(batch)
+            executed = time.perf_counter_ns()
+            self.statistics.executed(
+                len(batch),
+                sum(request_batch_size(r, self.batching) for r in batch),
+                called - started,
+                executed - called,
+                time.perf_counter_ns() - executed,
+            )
+        except KernelError as exc:
+            error: KernelError = exc
+        except Exception as exc:  # a backend bug must not kill the instance loop
+            log.exception("model '%s' failed to execute", self.model_name)
+            error = Internal(f"model '{self.model_name}' failed to execute: {exc}")
+        else:
+            if self.decoupled:
+                return
+            error = Internal(f"model '{self.model_name}' returned no response for the request")
+        for request in batch:
+            request.fail(error)
+
+    async def drain(self) -> None:
+        """Wait for every running batch."""
+        while self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+
+class DirectScheduler:
+    """Triton's default scheduler: a queue, each request run alone on the least busy instance."""
+
+    def __init__(self, model_name: str, pool: InstancePool) -> None:
+        self._pool = pool
+        self._queue: asyncio.Queue[InferenceRequest | None] = asyncio.Queue()
         self._dispatcher = asyncio.create_task(self._dispatch(), name=f"{model_name}-dispatch")
 
     def enqueue(self, request: InferenceRequest) -> None:
@@ -84,69 +193,12 @@ class DirectScheduler:
                 return
             if request.done:  # cancelled while queued: nothing to run
                 continue
-            index = await self._free_instance()
-            if request.done:
-                continue
-            self._busy[index] += 1
-            task = asyncio.create_task(self._run(index, [request]))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
-    async def _free_instance(self) -> int:
-        """The index of the least busy instance with room for one more batch."""
-        while True:
-            index = min(range(len(self._busy)), key=self._busy.__getitem__)
-            if self._busy[index] < self._depths[index]:
-                return index
-            self._capacity.clear()
-            await self._capacity.wait()
-
-    async def _run(self, index: int, batch: list[InferenceRequest]) -> None:
-        try:
-            await self._execute(self._instances[index], batch)
-        finally:
-            self._busy[index] -= 1
-            self._capacity.set()
-
-    async def _execute(self, instance: ModelInstance, batch: list[InferenceRequest]) -> None:
-        started = time.perf_counter_ns()
-        for request in batch:
-            self._statistics.queued(started - request.enqueued_ns)
-        try:
-            called = time.perf_counter_ns()
-            await instance.execute(batch)
-            executed = time.perf_counter_ns()
-            self._statistics.executed(
-                len(batch),
-                self._batch_size(batch),
-                called - started,
-                executed - called,
-                time.perf_counter_ns() - executed,
-            )
-        except KernelError as exc:
-            error: KernelError = exc
-        except Exception as exc:  # a backend bug must not kill the instance loop
-            log.exception("model '%s' failed to execute", self._model_name)
-            error = Internal(f"model '{self._model_name}' failed to execute: {exc}")
-        else:
-            if self._decoupled:
-                return
-            error = Internal(f"model '{self._model_name}' returned no response for the request")
-        for request in batch:
-            request.fail(error)
-
-    def _batch_size(self, batch: list[InferenceRequest]) -> int:
-        if not self._batching:
-            return len(batch)
-        size = 0
-        for request in batch:
-            first = next(iter(request.inputs.values()), None)
-            size += first.data.shape[0] if first is not None and first.data.ndim else 1
-        return size
+            index = await self._pool.acquire()
+            if not request.done:
+                self._pool.launch(index, [request])
 
     async def drain_and_stop(self) -> None:
         """Finish queued and running requests, then stop the dispatcher."""
         self._queue.put_nowait(None)
         await asyncio.gather(self._dispatcher, return_exceptions=True)
-        while self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        await self._pool.drain()

@@ -54,7 +54,8 @@ def _spec(tensor: Any, optional: bool) -> TensorSpec:
     return TensorSpec(tensor.name, datatype, tuple(tensor.dims), optional)
 
 
-def _prefix(request: InferenceRequest) -> str:
+def request_prefix(request: InferenceRequest) -> str:
+    """How Triton names a request at the start of its errors."""
     return f"[request id: {request.id or '<id_unknown>'}] "
 
 
@@ -67,14 +68,14 @@ def validate_request(request: InferenceRequest, signature: Signature) -> None:
         spec = signature.inputs[input_name]
         if tensor.datatype != spec.datatype:
             raise InvalidArgument(
-                f"{_prefix(request)}inference input '{input_name}' data-type is "
+                f"{request_prefix(request)}inference input '{input_name}' data-type is "
                 f"'{tensor.datatype}', but model '{model}' expects '{spec.datatype}'"
             )
         _check_shape(request, model, spec, tensor.shape, batched)
     for requested in request.outputs:
         if signature.outputs and requested.name not in signature.outputs:
             raise InvalidArgument(
-                f"{_prefix(request)}unexpected inference output '{requested.name}' "
+                f"{request_prefix(request)}unexpected inference output '{requested.name}' "
                 f"for model '{model}'"
             )
 
@@ -101,7 +102,7 @@ def _raise_input_count(request: InferenceRequest, signature: Signature) -> None:
     want = ",".join(f"'{name}'" for name in missing)
     want = f"[{want}]" if want else "]"
     raise InvalidArgument(
-        f"{_prefix(request)}expected {len(required)} inputs but got "
+        f"{request_prefix(request)}expected {len(required)} inputs but got "
         f"{len(request.inputs)} inputs for model '{signature.model_name}'. Got input(s) "
         f"[{got}], but missing required input(s) {want}. Please provide all required "
         "input(s)."
@@ -119,13 +120,13 @@ def _check_batch_size(request: InferenceRequest, signature: Signature) -> bool:
             return True  # reported as a shape without its batch dimension
         if batch is not None and tensor.shape[0] != batch:
             raise InvalidArgument(
-                f"{_prefix(request)}input '{name}' batch size does not match other inputs "
+                f"{request_prefix(request)}input '{name}' batch size does not match other inputs "
                 f"for '{model}'"
             )
         batch = tensor.shape[0]
     if batch is not None and batch > signature.max_batch_size:
         raise InvalidArgument(
-            f"{_prefix(request)}inference request batch-size must be <= "
+            f"{request_prefix(request)}inference request batch-size must be <= "
             f"{signature.max_batch_size} for '{model}'"
         )
     return True
@@ -144,14 +145,14 @@ def _check_shape(
         if batched and shape[0] == 0 and spec.datatype in ELEMENT_SIZES:
             expected_bytes = ELEMENT_SIZES[spec.datatype] * max(1, prod(actual))
             raise InvalidArgument(
-                f"{_prefix(request)}input byte size mismatch for input '{spec.name}' for model "
-                f"'{model}'. Expected {expected_bytes}, got 0"
+                f"{request_prefix(request)}input byte size mismatch for input '{spec.name}' "
+                f"for model '{model}'. Expected {expected_bytes}, got 0"
             )
         return
     expected = ((-1,) if batched else ()) + dims
     note = _BATCH_NOTE if batched and len(shape) == len(dims) else ""
     raise InvalidArgument(
-        f"{_prefix(request)}unexpected shape for input '{spec.name}' for model "
+        f"{request_prefix(request)}unexpected shape for input '{spec.name}' for model "
         f"'{model}'. Expected {_fmt(expected)}, got {_fmt(shape)}. {note}"
     )
 
