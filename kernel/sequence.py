@@ -114,6 +114,8 @@ class Sequence:
     running: bool = False
     #: END was received: no more requests join this sequence.
     ended: bool = False
+    #: Its instance no longer counts it (see ``SequenceBatcher._forget_if_over``).
+    released: bool = False
     last_seen_ns: int = 0
     state: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -178,8 +180,8 @@ class SequenceBatcher:
             )
         sequence = self._sequences.get(correlation_id)
         if request.flags & SEQUENCE_START:
-            if sequence is not None:  # a new sequence replaces the one of the same ID
-                sequence.ended = True
+            if sequence is not None:  # restarted where it runs (Triton keeps its slot)
+                return sequence
             instance = min(range(len(self._load)), key=self._load.__getitem__)
             sequence = Sequence(correlation_id, instance)
             self._load[instance] += 1
@@ -289,8 +291,11 @@ class SequenceBatcher:
                 self._forget_if_over(sequence)
 
     def _forget_if_over(self, sequence: Sequence) -> None:
-        if sequence.ended and not sequence.pending and not sequence.running:
-            self._load[sequence.instance] -= 1
+        """Free the sequence's place on its instance once it ended and has nothing left."""
+        if sequence.ended and not sequence.released and not sequence.pending:
+            if not sequence.running:
+                sequence.released = True
+                self._load[sequence.instance] -= 1
 
     # --- idle sequences ------------------------------------------------------------------
 
