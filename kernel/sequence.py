@@ -292,10 +292,10 @@ class SequenceBatcher:
 
     def _forget_if_over(self, sequence: Sequence) -> None:
         """Free the sequence's place on its instance once it ended and has nothing left."""
-        if sequence.ended and not sequence.released and not sequence.pending:
-            if not sequence.running:
-                sequence.released = True
-                self._load[sequence.instance] -= 1
+        over = sequence.ended and not sequence.pending and not sequence.running
+        if over and not sequence.released:
+            sequence.released = True
+            self._load[sequence.instance] -= 1
 
     # --- idle sequences ------------------------------------------------------------------
 
