@@ -71,6 +71,49 @@ def observer_config(name: str, max_batch_size: int, batching: str, ragged: bool 
     """
 
 
+CONCURRENCY_PROBE = """
+import fcntl
+import json
+import os
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    \"\"\"Reports how many instances were executing at once (counted in a locked file).\"\"\"
+
+    def initialize(self, args):
+        self.path = os.path.join(args["model_repository"], "running")
+
+    def _change(self, delta):
+        with open(self.path, "a+") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            file.seek(0)
+            running, peak = json.loads(file.read() or "[0, 0]")
+            running += delta
+            peak = max(peak, running)
+            file.seek(0)
+            file.truncate()
+            file.write(json.dumps([running, peak]))
+            return peak
+
+    def execute(self, requests):
+        self._change(1)
+        time.sleep(0.5)
+        peak = self._change(-1)
+        responses = []
+        for request in requests:
+            data = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUTPUT0", data),
+                pb_utils.Tensor("REQUESTS", np.full((1, 1), len(requests), np.int32)),
+                pb_utils.Tensor("EXECUTION", np.full((1, 1), peak, np.int32)),
+            ]))
+        return responses
+"""
+
 MODELS = {
     # Waits up to 10 s for a batch of the preferred size 4.
     "preferred": observer_config(
@@ -112,6 +155,8 @@ def sched_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
     repository = tmp_path_factory.mktemp("sched_repo")
     for name, config in MODELS.items():
         write_model(repository, name, config, OBSERVER)
+    pair = observer_config("pair", 1, "dynamic_batching { }").replace("count: 1", "count: 2")
+    write_model(repository, "pair", pair, CONCURRENCY_PROBE)
     log_path = tmp_path_factory.mktemp("sched_log") / "server.log"
     running = start_server(repository, log_path=log_path)
     client = running.client()
@@ -370,6 +415,20 @@ def test_higher_priority_requests_run_first(sched_server: RunningServer) -> None
     with sched_server.client() as client:
         result = client.infer("prioritized", http_inputs(rows(1)), priority=9)
     assert observed(result)[0] == 1
+
+
+def test_two_instances_execute_two_batches_at_once(sched_server: RunningServer) -> None:
+    async def main() -> list[object]:
+        client = grpcaio.InferenceServerClient(sched_server.grpc_url)
+        try:
+            return await asyncio.gather(
+                *(client.infer("pair", grpc_inputs(rows(1))) for _ in range(6))
+            )
+        finally:
+            await client.close()
+
+    peaks = [observed(result)[1] for result in asyncio.run(main())]
+    assert max(peaks) == 2  # never more than the two instances, and both were used at once
 
 
 def test_statistics_count_each_batch_once(sched_server: RunningServer, tmp_path: Path) -> None:
