@@ -42,6 +42,8 @@ def create_app(server: Server, max_input_size: int) -> web.Application:
             web.get(f"{prefix}/config", handlers.model_config, allow_head=False),
             web.get(f"{prefix}/stats", handlers.model_statistics, allow_head=False),
             web.post(f"{prefix}/infer", handlers.infer),
+            web.post(f"{prefix}/generate", handlers.generate),
+            web.post(f"{prefix}/generate_stream", handlers.generate_stream),
         ]
     app.add_routes(routes)
     return app
@@ -68,6 +70,8 @@ class HttpFrontend:
     async def start(self) -> None:
         self._runner = web.AppRunner(
             self._app,
+            # A client that hangs up cancels its handler, and so its kernel request:
+            # the queue drops it, a running Python model sees is_cancelled().
             handler_cancellation=True,
             access_log=None,
             shutdown_timeout=self._grace,

@@ -188,7 +188,7 @@ class _InputDecoder:
         if not isinstance(data, list):
             raise _unparsable("data", "JSON non-array as array")
         flat = _flatten(data)
-        _check_json_elements(name, datatype, flat)
+        check_json_elements(name, datatype, flat)
         if datatype == "BYTES":
             self.check_string_count(name, count, len(flat))
             array = np.empty(count, dtype=np.object_)
@@ -249,7 +249,7 @@ _JSON_ELEMENT_CHECKS = {
 }
 
 
-def _check_json_elements(name: str, datatype: str, flat: list[Any]) -> None:
+def check_json_elements(name: str, datatype: str, flat: list[Any]) -> None:
     check, problem = _JSON_ELEMENT_CHECKS[datatype]
     for value in flat:
         if check(value):
@@ -363,7 +363,7 @@ def encode_response(
                 "binary data format for output"
             )
         else:
-            entry["data"] = _json_data(tensor)
+            entry["data"] = json_data(tensor)
         encoded.append(entry)
     document["outputs"] = encoded
     header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -372,7 +372,7 @@ def encode_response(
     return b"".join([header, *chunks]), len(header)
 
 
-def _json_data(tensor: Tensor) -> list[Any]:
+def json_data(tensor: Tensor) -> list[Any]:
     flat = tensor.data.reshape(-1)
     if tensor.datatype == "BYTES":
         return [_text(item) for item in flat]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import zlib
+from contextlib import aclosing
 
 import orjson
 from aiohttp import web
 
 from triton_kernel.kernel.errors import InvalidArgument, Unsupported
+from triton_kernel.kernel.request import InferenceRequest
 from triton_kernel.kernel.server import Server
 
+from . import generate as gen
 from .codec import decode_raw_request, decode_request, encode_response
 from .errors import error_response
 
@@ -100,6 +103,48 @@ async def infer(request: web.Request) -> web.StreamResponse:
         reply.headers[HEADER_LENGTH] = str(json_length)
     reply.enable_compression()  # only when Accept-Encoding asks for gzip or deflate
     return reply
+
+
+# --- generate extension ----------------------------------------------------------------------
+
+
+async def generate(request: web.Request) -> web.Response:
+    """Triton's generate: the model must give exactly one response, even a decoupled one."""
+    inference = await _generate_request(request)
+    results = [r async for r in gen.documents(request.app[SERVER].infer_stream(inference))]
+    failed = bool(results) and results[0][1]  # the first response sets the status, as in Triton
+    body = results[0][0] if len(results) == 1 else gen.error_document(gen.NOT_ONE_RESPONSE)
+    return web.Response(status=400 if failed else 200, body=body, content_type="application/json")
+
+
+async def generate_stream(request: web.Request) -> web.StreamResponse:
+    """Each response as a server-sent event; the first one sets the status, as in Triton."""
+    inference = await _generate_request(request)
+    reply = web.StreamResponse()
+    reply.content_type, reply.charset = "text/event-stream", "utf-8"
+    try:
+        async with aclosing(gen.documents(request.app[SERVER].infer_stream(inference))) as events:
+            async for document, failed in events:
+                if not reply.prepared:
+                    reply.set_status(400 if failed else 200)
+                    await reply.prepare(request)
+                await reply.write(gen.sse_event(document))
+        if not reply.prepared:
+            await reply.prepare(request)
+        await reply.write_eof()
+    except ConnectionError:  # the client went away: closing the events cancelled the request
+        pass
+    return reply
+
+
+async def _generate_request(request: web.Request) -> InferenceRequest:
+    """The kernel request of a generate body, checked in Triton's order."""
+    name, version = request.match_info["model"], _version(request)
+    model = request.app[SERVER].model(name, version)
+    if request.headers.get("Content-Encoding", "identity") != "identity":
+        raise InvalidArgument("Unsupported content-encoding, only 'identity' is supported.")
+    assert model.signature is not None
+    return gen.decode_generate(model.signature, name, version, await request.read())
 
 
 async def _read_body(request: web.Request) -> bytes:

@@ -36,8 +36,11 @@ class Worker:
         self.model_class: Any = None
         self.model: Any = None
         self.decoupled = False
-        #: key -> the request object, so a cancellation can reach it.
+        #: key -> the request object, so a cancellation can reach it (a decoupled
+        #: model's request stays until its FINAL flag is sent).
         self.pending: dict[int, pb_utils.InferenceRequest] = {}
+        #: Keys cancelled by the server, perhaps before their batch left the inbox.
+        self.cancelled: set[int] = set()
         self.loop = asyncio.new_event_loop()
 
     def send(self, message: Any) -> None:
@@ -54,6 +57,7 @@ class Worker:
                 self.inbox.put(("exit",))
                 return
             if message[0] == "cancel":
+                self.cancelled.add(message[1])  # before the lookup: make_request checks after
                 request = self.pending.get(message[1])
                 if request is not None:
                     request._cancelled = True
@@ -133,15 +137,29 @@ class Worker:
 
     def on_execute(self, batch: int, payloads: list[dict[str, Any]]) -> None:
         requests = [self.make_request(payload) for payload in payloads]
+        failed = True
         try:
             responses = self.wait(self.model.execute(requests))
+            failed = False
         except BaseException as exc:
             self.send(("batch_error", batch, describe(exc)))
         else:
             self.send(("batch_done", batch, self.encode_responses(requests, responses)))
         finally:
-            for payload in payloads:
-                self.pending.pop(payload["key"], None)
+            if failed or not self.decoupled:
+                for payload in payloads:
+                    self.forget(payload["key"])
+            self.forget_stale(payloads[0]["key"] if payloads else 0)
+
+    def forget(self, key: int) -> None:
+        self.pending.pop(key, None)
+        self.cancelled.discard(key)
+
+    def forget_stale(self, first: int) -> None:
+        """Drop cancellations that came after their request was done (keys only grow)."""
+        for key in list(self.cancelled):
+            if key < first and key not in self.pending:
+                self.cancelled.discard(key)
 
     def make_request(self, payload: dict[str, Any]) -> pb_utils.InferenceRequest:
         inputs = [pb_utils.Tensor(name, array) for name, array in payload["inputs"]]
@@ -158,12 +176,19 @@ class Worker:
         )
         key = payload["key"]
         self.pending[key] = request
+        if key in self.cancelled:  # cancelled while its batch waited in the inbox
+            request._cancelled = True
         if self.decoupled:
             request._sender = pb_utils.InferenceResponseSender(
-                lambda response, flags: self.send(("send", key, encode_response(response), flags)),
+                lambda response, flags: self.send_response(key, response, flags),
                 request.is_cancelled,
             )
         return request
+
+    def send_response(self, key: int, response: Any, flags: int) -> None:
+        if flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+            self.forget(key)
+        self.send(("send", key, encode_response(response), flags))
 
     def encode_responses(self, requests: list[Any], responses: Any) -> list[Any]:
         if self.decoupled:
