@@ -140,6 +140,11 @@ class SequenceBatcher:
         self._sequences: dict[int | str, Sequence] = {}
         count = len(pool.instances)
         self._load = [0] * count
+        #: Sequences per instance at once (Triton's slots); more wait in the backlog.
+        self._slots = self._max_rows
+        if strategy == "oldest" and settings.oldest.max_candidate_sequences > 0:
+            self._slots = settings.oldest.max_candidate_sequences
+        self._backlog: deque[Sequence] = deque()
         self._ready: list[deque[Sequence]] = [deque() for _ in range(count)]
         self._wake = [asyncio.Event() for _ in range(count)]
         self._stopping = False
@@ -182,9 +187,8 @@ class SequenceBatcher:
         if request.flags & SEQUENCE_START:
             if sequence is not None:  # restarted where it runs (Triton keeps its slot)
                 return sequence
-            instance = min(range(len(self._load)), key=self._load.__getitem__)
-            sequence = Sequence(correlation_id, instance)
-            self._load[instance] += 1
+            sequence = Sequence(correlation_id, instance=-1)
+            self._place(sequence)
             self._sequences[correlation_id] = sequence
         elif sequence is None:
             raise InvalidArgument(
@@ -194,7 +198,20 @@ class SequenceBatcher:
             )
         return sequence
 
+    def _place(self, sequence: Sequence) -> None:
+        """Give ``sequence`` a slot on the least loaded instance, or queue it until one frees."""
+        instance = min(range(len(self._load)), key=self._load.__getitem__)
+        if self._load[instance] >= self._slots:
+            self._backlog.append(sequence)
+            return
+        sequence.instance = instance
+        self._load[instance] += 1
+        if sequence.pending and not sequence.running:
+            self._make_ready(sequence)
+
     def _make_ready(self, sequence: Sequence) -> None:
+        if sequence.instance < 0:
+            return  # waiting for a slot
         self._ready[sequence.instance].append(sequence)
         self._wake[sequence.instance].set()
 
@@ -295,7 +312,12 @@ class SequenceBatcher:
         over = sequence.ended and not sequence.pending and not sequence.running
         if over and not sequence.released:
             sequence.released = True
+            if sequence.instance < 0:
+                self._backlog.remove(sequence)
+                return
             self._load[sequence.instance] -= 1
+            if self._backlog:
+                self._place(self._backlog.popleft())
 
     # --- idle sequences ------------------------------------------------------------------
 
