@@ -212,7 +212,9 @@ def test_interleaved_sequences_keep_their_sums_controls_and_instance(
     assert seen[101][0][3] != seen[202][0][3]
 
 
-def test_concurrent_sequences_over_grpc_aio(seq_server: RunningServer) -> None:
+def test_more_concurrent_sequences_than_slots_over_grpc_aio(seq_server: RunningServer) -> None:
+    """10 sequences, 8 slots (2 instances x max_batch_size 4): two wait for a slot."""
+
     async def run_sequence(client: grpcaio.InferenceServerClient, sequence_id: int) -> list[int]:
         sums = []
         for position in range(5):
@@ -229,7 +231,7 @@ def test_concurrent_sequences_over_grpc_aio(seq_server: RunningServer) -> None:
     async def main() -> list[list[int]]:
         client = grpcaio.InferenceServerClient(seq_server.grpc_url)
         try:
-            return await asyncio.gather(*(run_sequence(client, 1000 * k) for k in range(1, 7)))
+            return await asyncio.gather(*(run_sequence(client, 1000 * k) for k in range(1, 11)))
         finally:
             await client.close()
 
