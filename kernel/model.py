@@ -148,7 +148,13 @@ class ModelVersion:
 
 
 def instance_specs(config: Any) -> list[InstanceSpec]:
-    """One spec per instance of every ``instance_group``, named as Triton names them."""
+    """One spec per instance of every ``instance_group``, named as Triton names them.
+
+    An ensemble has no instance group (Triton's configuration shows none): one
+    model-wide instance runs it.
+    """
+    if not config.instance_group:
+        return [InstanceSpec(config.name, "KIND_MODEL")]
     specs = []
     for group in config.instance_group:
         kind = type(group).Kind.Name(group.kind)

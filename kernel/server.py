@@ -14,7 +14,7 @@ from typing import Any, final
 from . import __version__
 from .classification import classify
 from .config import config_to_json
-from .errors import InvalidArgument, KernelError, NotFound, Unavailable, Unsupported
+from .errors import Internal, InvalidArgument, KernelError, NotFound, Unavailable, Unsupported
 from .frontend import Frontend
 from .logsettings import LogSettings
 from .model import ModelState, ModelVersion
@@ -199,9 +199,11 @@ class Server:
         if config is not None or files:
             override = ModelOverride.build(name, config, files or {})
         entry = await self._manager.load(name, override=override)
-        reason = entry.reason or next(
-            (v.reason for v in entry.versions.values() if not v.ready), ""
-        )
+        if entry.config_error:  # Triton refuses such a configuration while polling
+            raise Internal(f"failed to load '{name}', failed to poll from model repository")
+        if entry.reason:
+            raise InvalidArgument(f"load failed for model '{name}': {entry.reason}\n")
+        reason = next((v.reason for v in entry.versions.values() if not v.ready), "")
         if reason:
             raise InvalidArgument(f"load failed for model '{name}': version {reason}")
 
