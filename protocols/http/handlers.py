@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import zlib
 from contextlib import aclosing
 
@@ -204,8 +206,38 @@ async def repository_index(request: web.Request) -> web.Response:
 
 
 async def repository_load(request: web.Request) -> web.Response:
-    await request.app[SERVER].load_model(request.match_info["model"])
+    config, files = _load_parameters(await request.read())
+    await request.app[SERVER].load_model(request.match_info["model"], config=config, files=files)
     return web.Response(status=200)
+
+
+def _load_parameters(body: bytes) -> tuple[str | None, dict[str, bytes]]:
+    """A load body's ``config`` (JSON text) and ``file:<path>`` (base64) overrides."""
+    if not body:
+        return None, {}
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from None
+    parameters = document.get("parameters", {}) if isinstance(document, dict) else {}
+    if not isinstance(parameters, dict):
+        raise InvalidArgument("Unable to parse 'parameters': attempt to access JSON non-object")
+    config = parameters.get("config")
+    if config is not None and not isinstance(config, str):
+        raise InvalidArgument("Unable to parse 'config': attempt to access JSON non-string")
+    files = {}
+    for key, value in parameters.items():
+        if key in ("config", "unload_dependents"):
+            continue
+        if not key.startswith("file:"):
+            raise InvalidArgument(f"unrecognized load parameter '{key}'.")
+        try:
+            files[key.removeprefix("file:")] = base64.b64decode(value, validate=True)
+        except (TypeError, ValueError, binascii.Error):
+            raise InvalidArgument(
+                f"Unable to parse '{key}': the value must be base64-encoded file content"
+            ) from None
+    return config, files
 
 
 async def repository_unload(request: web.Request) -> web.Response:
