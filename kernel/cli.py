@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from .errors import KernelError
+from .cache import create_cache
+from .errors import InvalidArgument, KernelError
 from .logsettings import LOG_FORMAT, log_level
 from .options import ServerOptions
 from .server import Server
@@ -68,6 +69,22 @@ def _backend_config(text: str) -> tuple[str, str, str]:
     return backend, key, value
 
 
+def _cache_config(text: str) -> tuple[str, str, str]:
+    """``<cache>,<key>=<value>``, with tritonserver's texts for a malformed one."""
+    name, comma, setting = text.partition(",")
+    if not comma or not name:
+        raise argparse.ArgumentTypeError(
+            "No cache specified. --cache-config option format is "
+            f"<cache name>,<setting>=<value>. Got {text}"
+        )
+    key, sep, value = setting.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(
+            f"--cache-config option format is '<cache name>,<setting>=<value>'. Got {text}"
+        )
+    return name, key, value
+
+
 def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: object) -> None:
     """A boolean flag taking Triton's ``--flag=<bool>`` form; bare ``--flag`` means true."""
     parser.add_argument(name, type=_bool, nargs="?", const=True, **kwargs)  # type: ignore[arg-type]
@@ -84,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model-control-mode", choices=("none", "poll", "explicit"), default="none")
     add("--load-model", action="append", default=[])
     add("--model-config-name", default=None)
+    add("--cache-config", action="append", default=[], type=_cache_config)
+    add("--response-cache-byte-size", type=_non_negative, default=None, help=argparse.SUPPRESS)
     _flag(serve, "--strict-model-config", default=False)
     add("--disable-auto-complete-config", action="store_true")
     _flag(serve, "--strict-readiness", default=True)
@@ -107,6 +126,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cache_settings(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """``--cache-config`` pairs by cache; the deprecated byte-size flag means ``local``."""
+    settings: dict[str, dict[str, str]]
+    if args.response_cache_byte_size is not None:
+        if args.cache_config:
+            raise InvalidArgument(
+                "Incompatible flags --response-cache-byte-size and --cache-config both "
+                "provided. Please provide one or the other."
+            )
+        log.warning(
+            "'--response-cache-byte-size' is deprecated: use '--cache-config=local,size=%d'",
+            args.response_cache_byte_size,
+        )
+        settings = {"local": {"size": str(args.response_cache_byte_size)}}
+    else:
+        settings = {}
+        for name, key, value in args.cache_config:
+            settings.setdefault(name, {})[key] = value
+    create_cache(settings)  # a bad setting stops the server before it starts
+    return settings
+
+
 def options_from_args(args: argparse.Namespace) -> ServerOptions:
     backend_config: dict[str, dict[str, str]] = {}
     for backend, key, value in args.backend_config:
@@ -118,6 +159,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         model_control_mode=args.model_control_mode,
         load_models=args.load_model,
         model_config_name=args.model_config_name,
+        cache_config=_cache_settings(args),
         auto_complete_config=not (args.disable_auto_complete_config or args.strict_model_config),
         strict_readiness=args.strict_readiness,
         exit_on_error=args.exit_on_error,

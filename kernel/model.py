@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from .backend import BackendModel, InstanceSpec, ModelInstance
-from .errors import Unavailable
+from .cache import ResponseCache, request_key
+from .errors import InvalidArgument, KernelError, Unavailable
 from .request import InferenceRequest, InferenceResponse
 from .scheduler import Scheduler, create_scheduler
 from .statistics import ModelStatistics
 from .validation import Signature, validate_request
+from .warmup import WarmupTarget, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -48,38 +50,63 @@ class ModelVersion:
     scheduler: Scheduler | None = None
     in_flight: int = 0
     statistics: ModelStatistics = field(default_factory=ModelStatistics)
+    #: The server's response cache; kept at start only if the model enables it too.
+    cache: ResponseCache | None = None
 
     @property
     def ready(self) -> bool:
         return self.state is ModelState.READY
 
     async def start(self, backend_model: BackendModel, model_dir: Path) -> None:
-        """Create every instance (concurrently) and start scheduling.
+        """Create every instance (concurrently), warm each up, then start scheduling.
 
         On failure everything created so far is finalized before the error propagates.
         """
         self.backend_model = backend_model
         try:
             self.config = backend_model.config
+            _check_response_cache(self.config)
+            if not self.config.response_cache.enable:
+                self.cache = None
             self.signature = Signature.from_config(self.config)
             self.labels = _read_labels(self.config, model_dir)
+            specs = instance_specs(self.config)
             results = await asyncio.gather(
-                *(backend_model.create_instance(s) for s in instance_specs(self.config)),
-                return_exceptions=True,
+                *(backend_model.create_instance(s) for s in specs), return_exceptions=True
             )
             self.instances = [r for r in results if not isinstance(r, BaseException)]
             failures = [r for r in results if isinstance(r, BaseException)]
             if failures:
                 raise failures[0]
+            await self._warm_up(specs, model_dir)
         except BaseException:
             await self.finalize()
             raise
         self.scheduler = create_scheduler(self.name, self.config, self.instances, self.statistics)
         self.state = ModelState.READY
 
+    async def _warm_up(self, specs: list[InstanceSpec], model_dir: Path) -> None:
+        """Triton's ``model_warmup``: every instance runs the samples before READY."""
+        if not self.config.model_warmup:
+            return
+        assert self.signature is not None
+        target = WarmupTarget(self.config, self.signature, model_dir, self.version, self.statistics)
+        results = await asyncio.gather(
+            *(warm_up(target, i, s.name) for i, s in zip(self.instances, specs, strict=True)),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        """Validate, queue and await one request."""
+        """Validate, queue and await one request (or answer it from the response cache)."""
         scheduler = self._admit(request)
+        key, lookup_ns = b"", 0
+        if self.cache is not None:
+            key, lookup_ns, cached = self._cache_lookup(request)
+            if cached is not None:
+                return cached
         future = request.bind(asyncio.get_running_loop())
         self.in_flight += 1
         ok = False
@@ -91,6 +118,37 @@ class ModelVersion:
         finally:
             self.in_flight -= 1
             self.statistics.request_done(request.enqueued_ns, ok)
+            if key:
+                self._cache_insert(key, lookup_ns, response if ok else None)
+
+    def _cache_lookup(
+        self, request: InferenceRequest
+    ) -> tuple[bytes, int, InferenceResponse | None]:
+        """The request's cache key, the lookup's duration, and the cached response if any.
+
+        A hit is counted here, as Triton counts it: a success, not an execution.
+        """
+        assert self.cache is not None
+        key = request_key(request, self.name, self.version)
+        started = time.perf_counter_ns()
+        outputs = self.cache.lookup(key)
+        lookup_ns = time.perf_counter_ns() - started
+        if outputs is None:
+            return key, lookup_ns, None
+        self.statistics.cache_hit(request.enqueued_ns, started, lookup_ns)
+        return key, lookup_ns, InferenceResponse(self.name, "", outputs=outputs)
+
+    def _cache_insert(self, key: bytes, lookup_ns: int, response: InferenceResponse | None) -> None:
+        """Cache a response (``None``: the request failed, nothing to cache) and count the
+        miss; a response another request cached meanwhile is not a miss (Triton)."""
+        assert self.cache is not None
+        started = time.perf_counter_ns()
+        try:
+            if response is not None and not self.cache.insert(key, response.outputs):
+                return
+        except KernelError as exc:
+            log.error("Failed to insert key [%s] into response cache: %s", key.hex(), exc)
+        self.statistics.cache_miss(lookup_ns + time.perf_counter_ns() - started)
 
     def stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
         """Validate one request now (raising), then queue it and yield each response.
@@ -103,17 +161,28 @@ class ModelVersion:
     async def _stream(
         self, scheduler: Scheduler, request: InferenceRequest
     ) -> AsyncIterator[InferenceResponse]:
+        key, lookup_ns = b"", 0
+        if self.cache is not None:  # never decoupled: one response
+            key, lookup_ns, cached = self._cache_lookup(request)
+            if cached is not None:
+                yield cached
+                return
         responses = request.bind_stream(asyncio.get_running_loop())
         self.in_flight += 1
         ok = False
         try:
             scheduler.enqueue(request)
             async for response in responses:
+                if key and response.final and response.error is None:
+                    self._cache_insert(key, lookup_ns, response)  # before the caller trims it
+                    key = b""
                 yield response
             ok = True
         finally:
             self.in_flight -= 1
             self.statistics.request_done(request.enqueued_ns, ok)
+            if key:
+                self._cache_insert(key, lookup_ns, None)
             await responses.aclose()  # type: ignore[attr-defined]
 
     def _admit(self, request: InferenceRequest) -> Scheduler:
@@ -145,6 +214,22 @@ class ModelVersion:
             self.backend_model = None
         self.state = ModelState.UNAVAILABLE
         self.reason = "unloaded"
+
+
+def _check_response_cache(config: Any) -> None:
+    """Triton refuses a response cache for models whose responses it cannot cache."""
+    if not config.response_cache.enable:
+        return
+    if config.model_transaction_policy.decoupled:
+        raise InvalidArgument(
+            f"Response Cache does not currently support model {config.name} with 'decoupled' "
+            "transaction policy. Please disable the response cache."
+        )
+    if config.HasField("sequence_batching"):
+        raise InvalidArgument(
+            f"Response Cache does not currently support model {config.name} with sequence "
+            "batching scheduler. Please disable the response cache."
+        )
 
 
 def instance_specs(config: Any) -> list[InstanceSpec]:

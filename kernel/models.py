@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .backend import ModelContext
+from .cache import create_cache
 from .config import (
     ENSEMBLE_PLATFORM,
     ModelConfig,
@@ -147,6 +148,8 @@ class ModelManager:
         self._backends = backends
         self._ensembles = EnsembleBackend()
         self._options = options
+        #: The server's response cache (``--cache-config``), shared by every model.
+        self._cache = create_cache(options.cache_config)
         self._models: dict[str, ModelEntry] = {}
 
     # --- discovery -----------------------------------------------------------
@@ -309,7 +312,7 @@ class ModelManager:
                 config.backend = backend_name
             backend = self._backends.get(backend_name)
         numbers = select_versions(config, version_numbers(entry.model_dir), entry.name)
-        entry.versions = {n: ModelVersion(entry.name, n) for n in numbers}
+        entry.versions = {n: ModelVersion(entry.name, n, cache=self._cache) for n in numbers}
         await asyncio.gather(
             *(self._load_version(entry, backend, config, v) for v in entry.versions.values())
         )

@@ -19,6 +19,8 @@ class ServerOptions:
     load_models: list[str] = field(default_factory=list)
     model_config_name: str | None = None
     auto_complete_config: bool = True
+    #: ``--cache-config``: cache name -> {key: value}; empty means no response cache.
+    cache_config: dict[str, dict[str, str]] = field(default_factory=dict)
     strict_readiness: bool = True
     exit_on_error: bool = True
     exit_timeout_secs: float = 30.0

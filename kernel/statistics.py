@@ -68,6 +68,20 @@ class ModelStatistics:
     def queued(self, waited_ns: int) -> None:
         self.durations["queue"].add(waited_ns)
 
+    def cache_hit(self, started_ns: int, lookup_started_ns: int, lookup_ns: int) -> None:
+        """A request answered from the response cache: Triton counts it a success (and a
+        queued request) but not an inference or an execution, and leaves
+        ``last_inference`` alone."""
+        self.durations["success"].add(time.perf_counter_ns() - started_ns)
+        self.durations["queue"].add(lookup_started_ns - started_ns)
+        self.durations["cache_hit"].add(lookup_ns)
+
+    def cache_miss(self, ns: int) -> None:
+        """A request the cache could not answer: ``ns`` covers its lookup and insertion,
+        which Triton also adds to the request's success time."""
+        self.durations["cache_miss"].add(ns)
+        self.durations["success"].ns += ns
+
     def executed(
         self, requests: int, batch_size: int, input_ns: int, infer_ns: int, output_ns: int
     ) -> None:
