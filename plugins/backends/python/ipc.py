@@ -73,7 +73,8 @@ def decode(datagram: bytes, fds: list[int]) -> Any:
     lengths = [_LENGTH.unpack_from(datagram, position + 8 * i)[0] for i in range(count)]
     position += 8 * count
     if kind == _INLINE:
-        view = memoryview(datagram)
+        # Arrays over a bytes object would be read-only; Triton's tensors are writable.
+        view = memoryview(bytearray(datagram) if count else datagram)
         data = view[position : position + pickle_length]
         position += pickle_length
         buffers = []

@@ -45,7 +45,9 @@ class PythonBackend:
                 f"unable to find '{model_path}' for model '{context.name}' "
                 f"version {context.version}"
             )
-        worker = await WorkerProcess.spawn(f"{context.name}_{context.version}", context.version_dir)
+        worker = await WorkerProcess.spawn(
+            f"{context.name}_{context.version}", context.version_dir, context.server
+        )
         try:
             await worker.call("load", str(model_path))
             config = context.config
@@ -126,7 +128,8 @@ class PythonInstance:
     async def start(self, worker: WorkerProcess | None = None) -> None:
         """Spawn (or adopt) a worker, load the model in it and call ``initialize``."""
         if worker is None:
-            worker = await WorkerProcess.spawn(self.spec.name, self.model.context.version_dir)
+            context = self.model.context
+            worker = await WorkerProcess.spawn(self.spec.name, context.version_dir, context.server)
             try:
                 await worker.call("load", str(self.model.model_path))
             except BaseException:
@@ -190,7 +193,7 @@ def _payload(request: InferenceRequest, key: int) -> dict[str, Any]:
         "model_version": request.model_version,
         "inputs": [(name, tensor.data) for name, tensor in request.inputs.items()],
         "outputs": [output.name for output in request.outputs],
-        "parameters": json.dumps(request.parameters),
+        "parameters": json.dumps(request.parameters, separators=(",", ":")),  # Triton's form
         "correlation_id": request.correlation_id,
         "flags": request.flags,
         "timeout": request.timeout_us,

@@ -1,8 +1,9 @@
 """The worker process of one Python-model instance (Triton's "stub").
 
 Started by the server as ``python stub.py <fd>`` with its end of a socket pair. One
-reader thread takes messages off the socket (so a cancellation arrives while
-``execute`` runs); the main thread loads the model and executes batches in order.
+reader thread takes messages off the socket (so a cancellation, or the answer to a
+BLS request, arrives while ``execute`` runs); the main thread loads the model and
+executes batches in order.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import inspect
+import itertools
 import json
 import logging
 import queue
@@ -42,6 +44,7 @@ class Worker:
         #: Keys cancelled by the server, perhaps before their batch left the inbox.
         self.cancelled: set[int] = set()
         self.loop = asyncio.new_event_loop()
+        self.bls = BlsClient(self.send)
 
     def send(self, message: Any) -> None:
         with self.send_lock:
@@ -54,8 +57,12 @@ class Worker:
             except OSError:
                 message = None
             if message is None:
+                self.bls.close()
                 self.inbox.put(("exit",))
                 return
+            if message[0] == "bls":  # straight to its caller, which may be blocked in execute
+                self.bls.deliver(*message[1:])
+                continue
             if message[0] == "cancel":
                 self.cancelled.add(message[1])  # before the lookup: make_request checks after
                 request = self.pending.get(message[1])
@@ -112,9 +119,11 @@ class Worker:
         except BaseException as exc:
             self.reply_error(call, exc)
         else:
+            pb_utils._set_bls_channel(self.bls)  # Triton: BLS once initialized, until finalize
             self.send(("reply", call, None))
 
     def on_finalize(self, call: int) -> None:
+        pb_utils._set_bls_channel(None)
         finalize = getattr(self.model, "finalize", None)
         try:
             if finalize is not None:
@@ -202,6 +211,71 @@ class Worker:
             )
             return [("error", "INTERNAL", message)] * len(requests)
         return [encode_response(response) for response in responses]
+
+
+class BlsClient:
+    """The worker's end of BLS: requests go to the server, responses back to their caller.
+
+    The server answers ``("infer", call, payload, decoupled)`` with one
+    ``("bls", call, result, last)`` per response; the reader thread delivers them, so
+    a caller blocked in ``execute`` (or awaiting in its event loop) gets them at once.
+    """
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._calls: dict[int, pb_utils.BlsCall] = {}
+        self._closed = False
+
+    def submit(self, payload: dict[str, Any], decoupled: bool) -> pb_utils.BlsCall:
+        call_id = next(self._ids)
+        call = pb_utils.BlsCall(lambda: self._cancel(call_id))
+        with self._lock:
+            if self._closed:
+                raise pb_utils.TritonModelException("the server closed the worker's channel")
+            self._calls[call_id] = call
+        try:
+            self._send(("infer", call_id, payload, decoupled))
+        except BaseException:
+            with self._lock:
+                self._calls.pop(call_id, None)
+            raise
+        return call
+
+    def deliver(self, call_id: int, result: Any, last: bool) -> None:
+        with self._lock:
+            call = self._calls.pop(call_id, None) if last else self._calls.get(call_id)
+        if call is not None:
+            call.put(decode_response(result), last)
+
+    def _cancel(self, call_id: int) -> None:
+        with self._lock:
+            if call_id not in self._calls:
+                return
+        self._send(("bls_cancel", call_id))
+
+    def close(self) -> None:
+        """The server is gone: end every call in flight, so that no caller waits forever."""
+        with self._lock:
+            self._closed = True
+            calls, self._calls = list(self._calls.values()), {}
+        for call in calls:
+            error = pb_utils.TritonError("the server closed the worker's channel")
+            call.put(pb_utils.InferenceResponse(error=error), True)
+
+
+def decode_response(result: Any) -> pb_utils.InferenceResponse:
+    """The inverse of ``encode_response``, for the responses of BLS requests."""
+    if result[0] == "error":
+        _, code, message = result
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, _CODES.get(code, 1)))
+    _, outputs, parameters = result
+    tensors = [pb_utils.Tensor(name, array) for name, array in outputs]
+    return pb_utils.InferenceResponse(tensors, parameters=parameters)
+
+
+_CODES = {name: number for number, name in pb_utils.TritonError.CODE_NAMES.items()}
 
 
 def encode_response(response: Any) -> Any:

@@ -7,12 +7,15 @@ JSON string) so that models written for Triton run unchanged in our workers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import struct
 import sys
+import threading
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,6 +26,8 @@ TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
 TRITONSERVER_REQUEST_RELEASE_ALL = 1
 TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
+TRITONSERVER_MEMORY_GPU = 0
+TRITONSERVER_MEMORY_CPU = 1
 
 _TYPES: dict[str, tuple[int, Any]] = {
     "TYPE_BOOL": (1, np.bool_),
@@ -244,6 +249,13 @@ class InferenceResponseSender:
         self._closed = False
 
     def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        """Triton's checks, in its order; after FINAL every send raises (Triton's text)."""
+        if flags not in (0, TRITONSERVER_RESPONSE_COMPLETE_FINAL):
+            raise TritonModelException("Unable to send response. Unsupported flag provided.")
+        if flags == 0 and response is None:
+            raise TritonModelException(
+                "Inference Response object must be provided when the response flags is set to zero."
+            )
         if self._closed:
             raise TritonModelException("Unable to send response. Response sender has been closed.")
         if flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
@@ -252,6 +264,16 @@ class InferenceResponseSender:
 
     def is_cancelled(self) -> bool:
         return self._is_cancelled()
+
+
+class PreferredMemory:
+    """Where a BLS request wants its outputs; every tensor of this backend is in host memory."""
+
+    def __init__(
+        self, preferred_memory_type: int = TRITONSERVER_MEMORY_CPU, preferred_device_id: int = 0
+    ) -> None:
+        self.preferred_memory_type = preferred_memory_type
+        self.preferred_device_id = preferred_device_id
 
 
 class InferenceRequest:
@@ -268,8 +290,11 @@ class InferenceRequest:
         flags: int = 0,
         timeout: int = 0,
         parameters: dict[str, Any] | str | None = None,
+        preferred_memory: PreferredMemory | None = None,
         **_ignored: Any,
     ) -> None:
+        if not isinstance(correlation_id, (int, str)):
+            raise TritonModelException("Correlation ID must be integer or string")
         self._request_id = request_id
         self._correlation_id = correlation_id
         self._inputs = list(inputs or [])
@@ -279,7 +304,9 @@ class InferenceRequest:
         self._flags = flags
         self._timeout = timeout
         self._parameters = (
-            parameters if isinstance(parameters, str) else json.dumps(parameters or {})
+            parameters
+            if isinstance(parameters, str)
+            else json.dumps(parameters or {}, separators=(",", ":"))
         )
         self._cancelled = False
         self._sender: InferenceResponseSender | None = None
@@ -327,11 +354,171 @@ class InferenceRequest:
             )
         return self._sender
 
-    def exec(self, decoupled: bool = False) -> Any:
-        raise TritonModelException("BLS requests are not supported by this server yet")
+    def exec(self, decoupled: bool = False) -> InferenceResponse | ResponseIterator:
+        """Run this request on another model of the server and wait (BLS).
 
-    async def async_exec(self, decoupled: bool = False) -> Any:
-        raise TritonModelException("BLS requests are not supported by this server yet")
+        Failures come back as ``response.has_error()``, as in Triton; with
+        ``decoupled=True`` the result is an iterator of every response.
+        """
+        call = _bls_submit(self, decoupled)
+        response, last = call.get()
+        return ResponseIterator(call, response, last) if decoupled else response
+
+    def async_exec(self, decoupled: bool = False) -> asyncio.Future[Any]:
+        """``exec`` as an awaitable (an ``asyncio.Future``, as Triton returns); the event
+        loop keeps running while the request is in flight."""
+        return asyncio.get_running_loop().create_task(self._async_exec(decoupled))
+
+    async def _async_exec(self, decoupled: bool) -> InferenceResponse | ResponseIterator:
+        call = _bls_submit(self, decoupled)
+        response, last = await call.get_async()
+        return ResponseIterator(call, response, last) if decoupled else response
+
+    def _bls_payload(self) -> dict[str, Any]:
+        """What the server needs to run this request (the worker sends it)."""
+        for tensor in self._inputs:
+            if not isinstance(tensor, Tensor):
+                raise TritonModelException(
+                    f"BLS request inputs must be pb_utils.Tensor objects, got "
+                    f"{type(tensor).__name__}"
+                )
+        return {
+            "model_name": self._model_name,
+            "model_version": self._model_version,
+            "inputs": [(t.name(), t.as_numpy()) for t in self._inputs],
+            "outputs": self._requested_output_names,
+            "id": self._request_id,
+            "correlation_id": self._correlation_id,
+            "flags": self._flags,
+            "timeout": self._timeout,
+            "parameters": self._parameters,
+        }
+
+
+# --- BLS: requests to other models of the server --------------------------------------
+
+
+class BlsChannel(Protocol):
+    """How a worker sends a BLS request to the server (installed by the worker)."""
+
+    def submit(self, payload: dict[str, Any], decoupled: bool) -> BlsCall: ...
+
+
+_channel: BlsChannel | None = None
+
+
+def _set_bls_channel(channel: BlsChannel | None) -> None:
+    global _channel
+    _channel = channel
+
+
+def _bls_submit(request: InferenceRequest, decoupled: bool) -> BlsCall:
+    if _channel is None:
+        raise TritonModelException("BLS is only supported during the 'execute' function.")
+    return _channel.submit(request._bls_payload(), bool(decoupled))
+
+
+class BlsCall:
+    """One BLS request in flight: the responses the worker's reader thread hands over.
+
+    A blocked ``exec`` waits on a condition; an awaiting ``async_exec`` on a future of
+    its own event loop, so that loop keeps running meanwhile.
+    """
+
+    def __init__(self, cancel: Callable[[], None]) -> None:
+        self.cancel = cancel
+        self._condition = threading.Condition()
+        self._items: deque[tuple[InferenceResponse, bool]] = deque()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def put(self, response: InferenceResponse, last: bool) -> None:
+        with self._condition:
+            self._items.append((response, last))
+            self._condition.notify_all()
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_wake, future)
+            except RuntimeError:  # that loop is closed: nobody is waiting there
+                pass
+
+    def get(self) -> tuple[InferenceResponse, bool]:
+        with self._condition:
+            while not self._items:
+                self._condition.wait()
+            return self._items.popleft()
+
+    async def get_async(self) -> tuple[InferenceResponse, bool]:
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._condition:
+                if self._items:
+                    return self._items.popleft()
+                future = loop.create_future()
+                self._waiters.append((loop, future))
+            await future
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class ResponseIterator:
+    """The responses of ``exec(decoupled=True)``, the last one included, as Triton's.
+
+    A model that sent its FINAL flag alone ends the iteration with an empty response.
+    Iterating again after the end replays every response. ``async for`` waits without
+    blocking the event loop (Triton's iterator only blocks).
+    """
+
+    def __init__(self, call: BlsCall, first: InferenceResponse, last: bool) -> None:
+        self._call = call
+        self._first: tuple[InferenceResponse, bool] | None = (first, last)
+        self._responses: list[InferenceResponse] = []
+        self._index = 0
+        self._finished = False
+
+    def __iter__(self) -> ResponseIterator:
+        if self._finished and self._index >= len(self._responses):
+            self._index = 0
+        return self
+
+    def __next__(self) -> InferenceResponse:
+        if self._finished:
+            return self._replay()
+        item, self._first = self._first or self._call.get(), None
+        return self._take(*item)
+
+    def __aiter__(self) -> ResponseIterator:
+        return self.__iter__()
+
+    async def __anext__(self) -> InferenceResponse:
+        if self._finished:
+            try:
+                return self._replay()
+            except StopIteration:
+                raise StopAsyncIteration from None
+        item, self._first = self._first or await self._call.get_async(), None
+        return self._take(*item)
+
+    def cancel(self) -> None:
+        """Ask the server to cancel the request; the model decides how it ends."""
+        if not self._finished:
+            self._call.cancel()
+
+    def _take(self, response: InferenceResponse, last: bool) -> InferenceResponse:
+        self._responses.append(response)
+        if last:
+            self._finished = True
+            self._index = len(self._responses)
+        return response
+
+    def _replay(self) -> InferenceResponse:
+        if self._index < len(self._responses):
+            self._index += 1
+            return self._responses[self._index - 1]
+        raise StopIteration("Iteration is done for the responses.")
 
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:

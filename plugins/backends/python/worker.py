@@ -16,7 +16,7 @@ from triton_kernel.kernel.errors import Internal, KernelError, Unavailable
 from triton_kernel.kernel.request import InferenceRequest, InferenceResponse
 from triton_kernel.kernel.tensor import Tensor
 
-from . import ipc
+from . import bls, ipc
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,13 @@ RESPONSE_COMPLETE_FINAL = 1
 class WorkerProcess:
     """A running stub process and what is in flight on its channel."""
 
-    def __init__(self, label: str, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, label: str, process: asyncio.subprocess.Process, server: Any = None) -> None:
         self.label = label
         self.process = process
+        #: The in-process ``Server`` that runs the model's BLS requests.
+        self.server = server
+        #: BLS requests of the model in flight, by the worker's call id.
+        self._bls: dict[int, asyncio.Task[None]] = {}
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._batches: dict[int, tuple[Sequence[InferenceRequest], asyncio.Future[None]]] = {}
         #: Requests of a decoupled model by key, until their FINAL flag arrives.
@@ -40,7 +44,7 @@ class WorkerProcess:
         self.closed = asyncio.get_running_loop().create_future()
 
     @classmethod
-    async def spawn(cls, label: str, version_dir: Path) -> WorkerProcess:
+    async def spawn(cls, label: str, version_dir: Path, server: Any = None) -> WorkerProcess:
         server_end, worker_end = ipc.socket_pair()
         try:
             process = await asyncio.create_subprocess_exec(
@@ -56,7 +60,7 @@ class WorkerProcess:
             raise Unavailable(f"unable to start the Python worker for '{label}': {exc}") from None
         finally:
             worker_end.close()
-        worker = cls(label, process)
+        worker = cls(label, process, server)
         loop = asyncio.get_running_loop()
         worker._channel = ipc.AsyncChannel(server_end, loop, worker._on_message, worker._on_closed)
         return worker
@@ -109,6 +113,12 @@ class WorkerProcess:
             _reject(self._calls.pop(message[1], None), Internal(message[2]))
         elif kind == "send":
             self._on_send(message[1], message[2], message[3])
+        elif kind == "infer":
+            self._on_infer(message[1], message[2], message[3])
+        elif kind == "bls_cancel":
+            task = self._bls.get(message[1])
+            if task is not None:
+                task.cancel()
         elif kind == "batch_done":
             requests, done = self._batches.pop(message[1])
             for request, result in zip(requests, message[2], strict=False):
@@ -120,6 +130,7 @@ class WorkerProcess:
             error = Internal(
                 f"Failed to process the request(s) for model '{self.label}', message: {message[2]}"
             )
+            log.error("%s", error.message)  # Triton logs it: a decoupled model's may reach no one
             for request in requests:
                 request.fail(error)
             self._forget_answered()
@@ -142,6 +153,30 @@ class WorkerProcess:
         else:
             request.send(_response(request, result), final=final)
 
+    def _on_infer(self, call: int, payload: dict[str, Any], decoupled: bool) -> None:
+        """A BLS request of the model: run it on the server, answer each response."""
+        task = asyncio.create_task(self._run_bls(call, payload, decoupled))
+        self._bls[call] = task
+        task.add_done_callback(lambda _: self._bls.pop(call, None))
+
+    async def _run_bls(self, call: int, payload: dict[str, Any], decoupled: bool) -> None:
+        replies = bls.run(self.server, payload, decoupled)
+        try:
+            async for result, last in replies:
+                self._reply_bls(call, result, last)
+        except asyncio.CancelledError:  # the model cancelled it: its iterator still ends
+            self._reply_bls(call, ("error", "CANCELLED", "Request was cancelled"), True)
+            raise
+        finally:
+            await replies.aclose()  # type: ignore[attr-defined]
+
+    def _reply_bls(self, call: int, result: Any, last: bool) -> None:
+        if not self.closed.done():
+            try:
+                self._send(("bls", call, result, last))
+            except Unavailable:
+                pass  # the worker is gone: nobody waits for the answer
+
     def _forget_answered(self) -> None:
         """Drop the requests that are done (answered, failed or abandoned by their caller)."""
         for key in [key for key, request in self._open.items() if request.done]:
@@ -161,6 +196,8 @@ class WorkerProcess:
         for request in self._open.values():
             request.fail(error)
         self._open.clear()
+        for task in self._bls.values():
+            task.cancel()
         _resolve(self.closed, None)
 
     # --- stopping ------------------------------------------------------------------------------
