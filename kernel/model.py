@@ -151,27 +151,35 @@ class ModelVersion:
         self.statistics.cache_miss(lookup_ns + time.perf_counter_ns() - started)
 
     def stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
-        """Validate one request now (raising), then queue it and yield each response.
+        """Validate and queue one request now (raising), then yield each response.
 
-        Validation errors are raised by this call, execution errors by the iteration:
-        Triton's stream tells the two apart.
+        Errors before execution (validation, a full queue) are raised by this call,
+        execution errors by the iteration: Triton's stream tells the two apart.
         """
-        return self._stream(self._admit(request), request)
-
-    async def _stream(
-        self, scheduler: Scheduler, request: InferenceRequest
-    ) -> AsyncIterator[InferenceResponse]:
+        scheduler = self._admit(request)
         key, lookup_ns = b"", 0
         if self.cache is not None:  # never decoupled: one response
             key, lookup_ns, cached = self._cache_lookup(request)
             if cached is not None:
-                yield cached
-                return
+                return _single(cached)
         responses = request.bind_stream(asyncio.get_running_loop())
+        try:
+            scheduler.enqueue(request)
+        except BaseException:
+            self.statistics.request_done(request.enqueued_ns, False)
+            raise
+        return self._stream(request, responses, key, lookup_ns)
+
+    async def _stream(
+        self,
+        request: InferenceRequest,
+        responses: AsyncIterator[InferenceResponse],
+        key: bytes,
+        lookup_ns: int,
+    ) -> AsyncIterator[InferenceResponse]:
         self.in_flight += 1
         ok = False
         try:
-            scheduler.enqueue(request)
             async for response in responses:
                 if key and response.final and response.error is None:
                     self._cache_insert(key, lookup_ns, response)  # before the caller trims it
@@ -230,6 +238,10 @@ def _check_response_cache(config: Any) -> None:
             f"Response Cache does not currently support model {config.name} with sequence "
             "batching scheduler. Please disable the response cache."
         )
+
+
+async def _single(response: InferenceResponse) -> AsyncIterator[InferenceResponse]:
+    yield response
 
 
 def instance_specs(config: Any) -> list[InstanceSpec]:

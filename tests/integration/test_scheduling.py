@@ -370,6 +370,36 @@ def test_a_full_queue_rejects_with_tritons_error_and_serves_the_rest(
     assert all(not isinstance(box[0], Exception) for _, box in queued)
 
 
+def test_a_full_queue_refuses_a_stream_request_before_execution(
+    sched_server: RunningServer,
+) -> None:
+    blocker, _ = start_blocker(sched_server, "bounded", 1500)
+    with sched_server.client(concurrency=4) as client:
+        queued = [
+            run_in_background(client.infer, "bounded", http_inputs(rows(1))) for _ in range(2)
+        ]
+        time.sleep(0.3)
+        answers: list[tuple[object, object]] = []
+        done = threading.Event()
+
+        def callback(result: object, error: object) -> None:
+            answers.append((result, error))
+            done.set()
+
+        grpc = grpcclient.InferenceServerClient(sched_server.grpc_url)
+        grpc.start_stream(callback)
+        grpc.async_stream_infer("bounded", grpc_inputs(rows(1)), request_id="overflow")
+        assert done.wait(10)
+        grpc.stop_stream()
+        grpc.close()
+        for thread, _ in queued:
+            thread.join(30)
+    blocker.join(30)
+    ((result, error),) = answers
+    assert result is None
+    assert "Exceeds maximum queue size" in error.message()  # type: ignore[attr-defined]
+
+
 def test_a_request_timeout_rejects_a_request_still_queued(sched_server: RunningServer) -> None:
     blocker, _ = start_blocker(sched_server, "expiring", 1500)
     with sched_server.client() as client, pytest.raises(InferenceServerException) as error:

@@ -281,8 +281,10 @@ def test_response_sender_only_for_decoupled_models() -> None:
         _request().get_response_sender()
 
 
-def test_bls_is_reported_as_unsupported() -> None:
-    with pytest.raises(pb_utils.TritonModelException, match="BLS"):
+def test_bls_outside_a_worker_execute_is_refused_with_tritons_text() -> None:
+    with pytest.raises(
+        pb_utils.TritonModelException, match="BLS is only supported during the 'execute'"
+    ):
         _request().exec()
 
 
