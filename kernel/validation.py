@@ -150,7 +150,7 @@ def _check_shape(
             )
         return
     expected = ((-1,) if batched else ()) + dims
-    note = _BATCH_NOTE if batched and len(shape) == len(dims) else ""
+    note = _BATCH_NOTE if batched else ""  # Triton adds it whenever max_batch_size > 0
     raise InvalidArgument(
         f"{request_prefix(request)}unexpected shape for input '{spec.name}' for model "
         f"'{model}'. Expected {_fmt(expected)}, got {_fmt(shape)}. {note}"

@@ -156,8 +156,12 @@ def test_bytes_input_must_be_bytes(batched: Signature) -> None:
 def test_wrong_shape_with_batching(batched: Signature) -> None:
     assert _error(_request("batched", _fp32("INPUT0", 2, 5), _text(2, 1)), batched) == (
         "[request id: <id_unknown>] unexpected shape for input 'INPUT0' for model 'batched'. "
-        "Expected [-1,4], got [2,5]. "
-    )
+        "Expected [-1,4], got [2,5]. NOTE: Setting a non-zero max_batch_size in the model "
+        "config requires a batch dimension to be prepended to each input shape. If you want to "
+        "specify the full shape including the batch dim in your input dims config, try setting "
+        "max_batch_size to zero. See the model configuration docs for more info on "
+        "max_batch_size."
+    )  # tritonserver 2.51 adds the NOTE whenever max_batch_size > 0, whatever the ranks
 
 
 def test_wrong_rank_with_batching(batched: Signature) -> None:
@@ -213,8 +217,9 @@ def test_input_without_its_batch_dimension(batched: Signature) -> None:
 def test_scalar_input_to_batched_model(batched: Signature) -> None:
     scalar = Tensor("INPUT0", "FP32", np.zeros((), np.float32))
     message = _error(_request("batched", scalar, _text(1, 1)), batched)
-    assert message.endswith(
+    assert (
         "unexpected shape for input 'INPUT0' for model 'batched'. Expected [-1,4], got []. "
+        "NOTE: Setting a non-zero max_batch_size" in message
     )
 
 
