@@ -65,6 +65,32 @@ def request_batch_size(request: InferenceRequest, batching: bool) -> int:
     return first.data.shape[0] if first is not None and first.data.ndim else 1
 
 
+async def execute_batch(
+    instance: ModelInstance, batch: Sequence[InferenceRequest], model_name: str, decoupled: bool
+) -> bool:
+    """``instance.execute(batch)``, failing every request it leaves unanswered.
+
+    Returns whether ``execute`` returned (rather than raised). A decoupled model may
+    still answer later, from its own threads, so its requests are left open.
+    """
+    returned = False
+    try:
+        await instance.execute(batch)
+    except KernelError as exc:
+        error: KernelError = exc
+    except Exception as exc:  # a backend bug must not kill the instance loop
+        log.exception("model '%s' failed to execute", model_name)
+        error = Internal(f"model '{model_name}' failed to execute: {exc}")
+    else:
+        if decoupled:
+            return True
+        returned = True
+        error = Internal(f"model '{model_name}' returned no response for the request")
+    for request in batch:
+        request.fail(error)
+    return returned
+
+
 class InstancePool:
     """A model's instances, how busy each is, and the one place batches are executed.
 
@@ -146,9 +172,8 @@ class InstancePool:
         started = time.perf_counter_ns()
         for request in batch:
             self.statistics.queued(started - request.enqueued_ns)
-        try:
-            called = time.perf_counter_ns()
-            await instance.execute(batch)
+        called = time.perf_counter_ns()
+        if await execute_batch(instance, batch, self.model_name, self.decoupled):
             executed = time.perf_counter_ns()
             self.statistics.executed(
                 len(batch),
@@ -157,17 +182,6 @@ class InstancePool:
                 executed - called,
                 time.perf_counter_ns() - executed,
             )
-        except KernelError as exc:
-            error: KernelError = exc
-        except Exception as exc:  # a backend bug must not kill the instance loop
-            log.exception("model '%s' failed to execute", self.model_name)
-            error = Internal(f"model '{self.model_name}' failed to execute: {exc}")
-        else:
-            if self.decoupled:
-                return
-            error = Internal(f"model '{self.model_name}' returned no response for the request")
-        for request in batch:
-            request.fail(error)
 
     async def drain(self) -> None:
         """Wait for every running batch."""

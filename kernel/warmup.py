@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from triton_kernel.protocols.proto.model_config import DATA_TYPE
-
 from .backend import ModelInstance
-from .datatypes import NUMPY_DTYPES, config_to_wire, decode_bytes_input
+from .config import wire_datatype
+from .datatypes import NUMPY_DTYPES, decode_bytes_input
 from .errors import Internal, InvalidArgument, KernelError
 from .request import InferenceRequest
+from .scheduler import execute_batch
 from .statistics import ModelStatistics
 from .tensor import Tensor
 from .validation import Signature, validate_request
@@ -143,7 +143,7 @@ def _random_buffer(setting: Any, rng: np.random.Generator) -> bytes:
 
 
 def _datatype(name: str, spec: Any) -> str:
-    datatype = config_to_wire(DATA_TYPE.values_by_number[spec.data_type].name)
+    datatype = wire_datatype(spec.data_type)
     if datatype not in NUMPY_DTYPES:
         raise InvalidArgument(f"warmup setting expects input '{name}' to have a data_type")
     return datatype
@@ -234,29 +234,11 @@ async def _run(
     for request in requests:
         request.enqueued_ns = started
     called = time.perf_counter_ns()
-    await _execute(instance, requests, target.config.name, decoupled)
+    await execute_batch(instance, requests, target.config.name, decoupled)
     executed = time.perf_counter_ns()
     errors = [error for error in await asyncio.gather(*waits) if error is not None]
     _count(target.statistics, requests, called - started, executed - called, errors)
     return errors
-
-
-async def _execute(
-    instance: ModelInstance, requests: Sequence[InferenceRequest], model: str, decoupled: bool
-) -> None:
-    """``instance.execute``, failing what it leaves unanswered (as the scheduler does)."""
-    try:
-        await instance.execute(requests)
-    except KernelError as exc:
-        error: KernelError = exc
-    except Exception as exc:  # a backend bug fails the sample, not the server
-        error = Internal(f"model '{model}' failed to execute: {exc}")
-    else:
-        if decoupled:
-            return
-        error = Internal(f"model '{model}' returned no response for the request")
-    for request in requests:
-        request.fail(error)
 
 
 async def _outcome(future: asyncio.Future[Any]) -> str | None:
