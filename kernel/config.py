@@ -17,6 +17,7 @@ from google.protobuf import json_format, text_format
 
 from triton_kernel.protocols.proto.model_config import DATA_TYPE, ModelConfig
 
+from .datatypes import config_to_wire
 from .errors import InvalidArgument
 
 __all__ = [
@@ -415,6 +416,11 @@ def _decoupled(config: Any, models: list[Any]) -> bool:
                 label = next_label
             labels.update(dict.fromkeys(step.output_map.values(), label))
     return next_label > 0
+
+
+def wire_datatype(data_type: int) -> str:
+    """A configuration ``DataType`` as its wire name (``TYPE_FP32`` -> ``FP32``)."""
+    return config_to_wire(_type_name(data_type))
 
 
 def _type_name(data_type: int) -> str:

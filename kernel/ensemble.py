@@ -26,15 +26,20 @@ import numpy as np
 from .backend import InstanceSpec, ModelContext
 from .config import dims_match, dims_of
 from .errors import Internal, InvalidArgument, KernelError
-from .request import InferenceRequest, InferenceResponse, RequestedOutput
+from .request import (
+    SEQUENCE_END,
+    SEQUENCE_START,
+    InferenceRequest,
+    InferenceResponse,
+    RequestedOutput,
+    sequence_flags,
+)
 from .tensor import Tensor
 
 __all__ = ["EnsembleBackend", "EnsembleGraph", "EnsembleModel", "Step", "reshape_for"]
 
 log = logging.getLogger(__name__)
 
-#: ``TRITONSERVER_REQUEST_FLAG_SEQUENCE_START`` / ``..._END``.
-_SEQUENCE_START, _SEQUENCE_END = 1, 2
 #: The scheduler may hand the instance any number of requests at once.
 _UNLIMITED = 1 << 30
 
@@ -427,8 +432,8 @@ class _Run:
             correlation_id = 0
         return {
             "sequence_id": correlation_id,
-            "sequence_start": bool(value.flags & _SEQUENCE_START),
-            "sequence_end": bool(value.flags & _SEQUENCE_END),
+            "sequence_start": bool(value.flags & SEQUENCE_START),
+            "sequence_end": bool(value.flags & SEQUENCE_END),
         }
 
     def _fail(self, error: KernelError) -> None:
@@ -474,7 +479,5 @@ def _sequence_of(response: InferenceResponse, request: InferenceRequest) -> tupl
     parameters = response.parameters
     if not any(k in parameters for k in ("sequence_id", "sequence_start", "sequence_end")):
         return request.correlation_id, request.flags
-    flags = (_SEQUENCE_START if parameters.get("sequence_start") else 0) | (
-        _SEQUENCE_END if parameters.get("sequence_end") else 0
-    )
+    flags = sequence_flags(parameters)
     return parameters.get("sequence_id", request.correlation_id), flags

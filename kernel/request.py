@@ -10,6 +10,16 @@ from typing import Any
 from .errors import Cancelled, Internal, KernelError
 from .tensor import Tensor
 
+#: ``TRITONSERVER_REQUEST_FLAG_SEQUENCE_START`` / ``..._END``: bits of ``InferenceRequest.flags``.
+SEQUENCE_START = 1
+SEQUENCE_END = 2
+
+
+def sequence_flags(parameters: dict[str, Any]) -> int:
+    """The request flags that ``sequence_start`` / ``sequence_end`` parameters ask for."""
+    start = SEQUENCE_START if parameters.get("sequence_start") else 0
+    return start | (SEQUENCE_END if parameters.get("sequence_end") else 0)
+
 
 @dataclass(slots=True)
 class RequestedOutput:

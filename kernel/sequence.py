@@ -20,15 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from .datatypes import NUMPY_DTYPES, config_to_wire
+from .config import wire_datatype
+from .datatypes import NUMPY_DTYPES
 from .errors import InvalidArgument, Unavailable
-from .request import InferenceRequest, InferenceResponse
+from .request import SEQUENCE_END, SEQUENCE_START, InferenceRequest, InferenceResponse
 from .scheduler import InstancePool, request_batch_size
 from .tensor import Tensor
 
-#: ``TRITONSERVER_REQUEST_FLAG_SEQUENCE_START`` / ``..._END``.
-SEQUENCE_START = 1
-SEQUENCE_END = 2
 #: Triton's default ``max_sequence_idle_microseconds``.
 DEFAULT_IDLE_US = 1_000_000
 
@@ -53,7 +51,7 @@ class ControlInput:
     def _one(cls, name: str, control: Any) -> ControlInput:
         kind = _KINDS[control.kind]
         if kind == "CORRID":
-            return cls(name, kind, _wire_datatype(control))
+            return cls(name, kind, wire_datatype(control.data_type))
         if control.fp32_false_true:
             return cls(name, kind, "FP32", tuple(control.fp32_false_true))
         if control.bool_false_true:
@@ -88,7 +86,7 @@ class StateSpec:
 
     @classmethod
     def from_config(cls, state: Any) -> StateSpec:
-        datatype = _wire_datatype(state)
+        datatype = wire_datatype(state.data_type)
         dims = tuple(max(d, 1) for d in state.dims)
         initial = None
         for init in state.initial_state:
@@ -342,9 +340,3 @@ class SequenceBatcher:
         self._reaper.cancel()
         await asyncio.gather(self._reaper, return_exceptions=True)
         await self._pool.drain()
-
-
-def _wire_datatype(message: Any) -> str:
-    """The wire datatype of a config message's ``data_type`` field (``TYPE_FP32`` -> FP32)."""
-    enum = type(message).DESCRIPTOR.fields_by_name["data_type"].enum_type
-    return config_to_wire(enum.values_by_number[message.data_type].name)

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from math import prod
 from typing import Any
 
-from triton_kernel.protocols.proto.model_config import DATA_TYPE
-
-from .datatypes import ELEMENT_SIZES, config_to_wire
+from .config import wire_datatype
+from .datatypes import ELEMENT_SIZES
 from .errors import InvalidArgument
 from .request import InferenceRequest
 
@@ -50,7 +49,7 @@ class Signature:
 
 
 def _spec(tensor: Any, optional: bool) -> TensorSpec:
-    datatype = config_to_wire(DATA_TYPE.values_by_number[tensor.data_type].name)
+    datatype = wire_datatype(tensor.data_type)
     return TensorSpec(tensor.name, datatype, tuple(tensor.dims), optional)
 
 

@@ -20,7 +20,12 @@ from triton_kernel.kernel.datatypes import (
     decode_bytes_input,
 )
 from triton_kernel.kernel.errors import InvalidArgument
-from triton_kernel.kernel.request import InferenceRequest, InferenceResponse, RequestedOutput
+from triton_kernel.kernel.request import (
+    InferenceRequest,
+    InferenceResponse,
+    RequestedOutput,
+    sequence_flags,
+)
 from triton_kernel.kernel.tensor import Tensor
 from triton_kernel.protocols.proto.grpc_service import ModelInferRequest, ModelInferResponse
 
@@ -36,7 +41,6 @@ RESERVED_PARAMETERS = frozenset(
         "triton_enable_empty_final_response",
     }
 )
-_SEQUENCE_START, _SEQUENCE_END = 1, 2
 
 #: Below this size a request is parsed whole: copying a few kilobytes costs less than
 #: walking the message in Python to slice them out.
@@ -352,9 +356,7 @@ def _requested_output(output: Any) -> RequestedOutput:
 def _apply_reserved(request: InferenceRequest, parameters: dict[str, Any]) -> None:
     """The parameters that steer the server (types already checked)."""
     request.correlation_id = parameters.get("sequence_id", 0)
-    request.flags = (_SEQUENCE_START if parameters.get("sequence_start") else 0) | (
-        _SEQUENCE_END if parameters.get("sequence_end") else 0
-    )
+    request.flags = sequence_flags(parameters)
     request.priority = max(parameters.get("priority", 0), 0)
     request.timeout_us = max(parameters.get("timeout", 0), 0)
 

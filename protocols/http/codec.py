@@ -20,7 +20,12 @@ from triton_kernel.kernel.datatypes import (
     decode_bytes_input,
 )
 from triton_kernel.kernel.errors import Internal, InvalidArgument
-from triton_kernel.kernel.request import InferenceRequest, InferenceResponse, RequestedOutput
+from triton_kernel.kernel.request import (
+    InferenceRequest,
+    InferenceResponse,
+    RequestedOutput,
+    sequence_flags,
+)
 from triton_kernel.kernel.tensor import Tensor
 from triton_kernel.kernel.validation import Signature
 
@@ -28,7 +33,6 @@ from triton_kernel.kernel.validation import Signature
 RESERVED_PARAMETERS = frozenset(
     {"binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "timeout"}
 )
-_SEQUENCE_START, _SEQUENCE_END = 1, 2
 _DATA_FIELDS = (
     "Input must set only one of the following fields: 'data', 'binary_data_size' in "
     "'parameters', 'shared_memory_region' in 'parameters'. "
@@ -187,7 +191,7 @@ class _InputDecoder:
             )
         if not isinstance(data, list):
             raise _unparsable("data", "JSON non-array as array")
-        flat = _flatten(data)
+        flat = flatten_json(data)
         check_json_elements(name, datatype, flat)
         if datatype == "BYTES":
             self.check_string_count(name, count, len(flat))
@@ -271,12 +275,13 @@ def check_json_elements(name: str, datatype: str, flat: list[Any]) -> None:
         raise _unparsable("data", problem)
 
 
-def _flatten(data: list[Any]) -> list[Any]:
+def flatten_json(data: list[Any]) -> list[Any]:
+    """The elements of a nested JSON array, row-major."""
     if not any(isinstance(item, list) for item in data):
         return data
     flat: list[Any] = []
     for item in data:
-        flat.extend(_flatten(item) if isinstance(item, list) else [item])
+        flat.extend(flatten_json(item) if isinstance(item, list) else [item])
     return flat
 
 
@@ -303,9 +308,7 @@ def _apply_reserved(request: InferenceRequest, parameters: dict[str, Any]) -> No
     ):
         raise _unparsable("sequence_id", "JSON non-string as string")
     request.correlation_id = sequence_id
-    request.flags = (_SEQUENCE_START if parameters.get("sequence_start") else 0) | (
-        _SEQUENCE_END if parameters.get("sequence_end") else 0
-    )
+    request.flags = sequence_flags(parameters)
     for key in ("priority", "timeout"):
         value = parameters.get(key, 0)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:

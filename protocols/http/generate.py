@@ -24,7 +24,7 @@ from triton_kernel.kernel.request import InferenceRequest, InferenceResponse
 from triton_kernel.kernel.tensor import Tensor
 from triton_kernel.kernel.validation import Signature, TensorSpec
 
-from .codec import check_json_elements, json_data
+from .codec import check_json_elements, flatten_json, json_data
 
 #: Triton's answer when ``generate`` (not ``generate_stream``) gets other than one response.
 NOT_ONE_RESPONSE = (
@@ -117,7 +117,7 @@ def _parameter(key: str, value: Any) -> str | int | float | bool:
 def _tensor(spec: TensorSpec, dims: tuple[int, ...], value: Any) -> Tensor:
     """One input: a scalar or a list, shaped by the configuration (Triton's two passes)."""
     count = len(value) if isinstance(value, list) else 1
-    flat = _flatten(value)
+    flat = flatten_json(value) if isinstance(value, list) else [value]
     if spec.datatype == "BYTES" and not all(isinstance(item, str) for item in flat):
         raise Internal(
             "Unable to parse JSON bytes array: attempt to access JSON non-string as string"
@@ -137,15 +137,6 @@ def _tensor(spec: TensorSpec, dims: tuple[int, ...], value: Any) -> Tensor:
     else:
         array = np.asarray(flat, dtype=NUMPY_DTYPES[spec.datatype])
     return Tensor(spec.name, spec.datatype, array.reshape(shape))
-
-
-def _flatten(value: Any) -> list[Any]:
-    if not isinstance(value, list):
-        return [value]
-    flat: list[Any] = []
-    for item in value:
-        flat.extend(_flatten(item))
-    return flat
 
 
 def _deduce_shape(name: str, dims: tuple[int, ...], count: int) -> tuple[int, ...]:
