@@ -58,6 +58,21 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _setting(text: str) -> tuple[str, str]:
+    """A ``<key>=<value>`` pair."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"invalid setting '{text}': expected <key>=<value>")
+    return key, value
+
+
 def _backend_config(text: str) -> tuple[str, str, str]:
     """``<backend>,<key>=<value>`` or a global ``<key>=<value>``."""
     backend, _, setting = text.rpartition(",")
@@ -100,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--backend-config", action="append", default=[], type=_backend_config)
     add("--model-control-mode", choices=("none", "poll", "explicit"), default="none")
     add("--load-model", action="append", default=[])
+    add("--repository-poll-secs", type=_non_negative, default=15)
+    add("--model-load-thread-count", type=_positive, default=4)
     add("--model-config-name", default=None)
     add("--cache-config", action="append", default=[], type=_cache_config)
     add("--response-cache-byte-size", type=_non_negative, default=None, help=argparse.SUPPRESS)
@@ -119,10 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--grpc-keepalive-timeout", type=_non_negative, default=20_000)
     _flag(serve, "--grpc-keepalive-permit-without-calls", default=False)
     add("--grpc-http2-max-pings-without-data", type=_non_negative, default=2)
+    add("--metrics-interval-ms", type=_positive, default=2000)
+    _flag(serve, "--allow-cpu-metrics", default=True)
+    _flag(serve, "--allow-gpu-metrics", default=True)
+    add("--metrics-config", action="append", default=[], type=_setting)
+    add("--trace-config", action="append", default=[])
+    add("--http-restricted-api", action="append", default=[])
+    add("--grpc-restricted-protocol", action="append", default=[])
     _flag(serve, "--allow-client-shm", default=False)
     add("--log-verbose", type=_non_negative, default=0)
     for level in ("info", "warning", "error"):
         _flag(serve, f"--log-{level}", default=True)
+    add("--log-format", choices=("default", "ISO8601"), default="default")
+    add("--log-file", default="")
     return parser
 
 
@@ -158,6 +184,8 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         backend_config=backend_config,
         model_control_mode=args.model_control_mode,
         load_models=args.load_model,
+        repository_poll_secs=args.repository_poll_secs,
+        model_load_thread_count=args.model_load_thread_count,
         model_config_name=args.model_config_name,
         cache_config=_cache_settings(args),
         auto_complete_config=not (args.disable_auto_complete_config or args.strict_model_config),
@@ -180,8 +208,20 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         allow_metrics=args.allow_metrics,
         metrics_address=args.metrics_address,
         metrics_port=args.metrics_port,
+        metrics_interval_ms=args.metrics_interval_ms,
+        allow_cpu_metrics=args.allow_cpu_metrics,
+        allow_gpu_metrics=args.allow_gpu_metrics,
+        metrics_config=dict(args.metrics_config),
+        trace_config=args.trace_config,
+        http_restricted_api=args.http_restricted_api,
+        grpc_restricted_protocol=args.grpc_restricted_protocol,
         allow_client_shm=args.allow_client_shm,
         log_verbose=args.log_verbose,
+        log_info=args.log_info,
+        log_warning=args.log_warning,
+        log_error=args.log_error,
+        log_format=args.log_format,
+        log_file=args.log_file,
     )
 
 

@@ -17,6 +17,10 @@ class ServerOptions:
     backend_config: dict[str, dict[str, str]] = field(default_factory=dict)
     model_control_mode: str = "none"
     load_models: list[str] = field(default_factory=list)
+    #: Poll mode: seconds between scans of the repositories (0: only at start).
+    repository_poll_secs: float = 15.0
+    #: How many models load at once.
+    model_load_thread_count: int = 4
     model_config_name: str | None = None
     auto_complete_config: bool = True
     #: ``--cache-config``: cache name -> {key: value}; empty means no response cache.
@@ -44,6 +48,23 @@ class ServerOptions:
     allow_metrics: bool = True
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 8002
+    metrics_interval_ms: int = 2000
+    allow_cpu_metrics: bool = True
+    allow_gpu_metrics: bool = True
+    #: ``--metrics-config`` ``<key>=<value>`` settings (summaries, histograms, ...).
+    metrics_config: dict[str, str] = field(default_factory=dict)
+
+    #: ``--trace-config`` settings, ``[<mode>,]<key>=<value>`` each, as given.
+    trace_config: list[str] = field(default_factory=list)
+    #: ``--http-restricted-api`` / ``--grpc-restricted-protocol`` values, as given:
+    #: ``<api>[,<api>...]:<key>=<value>``.
+    http_restricted_api: list[str] = field(default_factory=list)
+    grpc_restricted_protocol: list[str] = field(default_factory=list)
 
     allow_client_shm: bool = False
     log_verbose: int = 0
+    log_info: bool = True
+    log_warning: bool = True
+    log_error: bool = True
+    log_format: str = "default"
+    log_file: str = ""

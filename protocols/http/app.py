@@ -9,7 +9,7 @@ from aiohttp import web
 from triton_kernel.kernel.options import ServerOptions
 from triton_kernel.kernel.server import Server
 
-from . import handlers
+from . import handlers, settings, shared_memory
 from .errors import error_middleware
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,20 @@ def create_app(server: Server, max_input_size: int) -> web.Application:
         web.post("/v2/repository/index", handlers.repository_index),
         web.post("/v2/repository/models/{model}/load", handlers.repository_load),
         web.post("/v2/repository/models/{model}/unload", handlers.repository_unload),
+        web.get("/v2/trace/setting", settings.trace_setting, allow_head=False),
+        web.post("/v2/trace/setting", settings.trace_setting),
+        web.get(f"{_MODEL}/trace/setting", settings.trace_setting, allow_head=False),
+        web.post(f"{_MODEL}/trace/setting", settings.trace_setting),
+        web.get("/v2/logging", settings.logging_setting, allow_head=False),
+        web.post("/v2/logging", settings.logging_setting),
     ]
+    for kind in ("systemsharedmemory", "cudasharedmemory"):
+        for scope in (f"/v2/{kind}", f"/v2/{kind}/region/{{region}}"):
+            routes += [
+                web.get(f"{scope}/status", shared_memory.status, allow_head=False),
+                web.post(f"{scope}/unregister", shared_memory.unregister),
+            ]
+        routes.append(web.post(f"/v2/{kind}/region/{{region}}/register", shared_memory.register))
     for prefix in (_MODEL, _VERSIONED):
         routes += [
             web.get(prefix, handlers.model_metadata, allow_head=False),

@@ -23,7 +23,7 @@ MAX_INPUT_SIZE = web.AppKey("max_input_size", int)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
-def _json(document: object, status: int = 200) -> web.Response:
+def json_response(document: object, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(document), content_type="application/json")
 
 
@@ -52,7 +52,7 @@ async def health_ready(request: web.Request) -> web.Response:
 
 
 async def server_metadata(request: web.Request) -> web.Response:
-    return _json(request.app[SERVER].metadata())
+    return json_response(request.app[SERVER].metadata())
 
 
 async def model_ready(request: web.Request) -> web.Response:
@@ -64,19 +64,19 @@ async def model_ready(request: web.Request) -> web.Response:
 
 async def model_metadata(request: web.Request) -> web.Response:
     name = request.match_info["model"]
-    return _json(request.app[SERVER].model_metadata(name, _version(request)))
+    return json_response(request.app[SERVER].model_metadata(name, _version(request)))
 
 
 async def model_config(request: web.Request) -> web.Response:
     name = request.match_info["model"]
-    return _json(request.app[SERVER].model_config(name, _version(request)))
+    return json_response(request.app[SERVER].model_config(name, _version(request)))
 
 
 async def model_statistics(request: web.Request) -> web.Response:
     """Triton's statistics extension; the kernel's counters, as gRPC's ModelStatistics."""
     name = request.match_info.get("model", "")
     stats = request.app[SERVER].statistics(name, _version(request))
-    return _json({"model_stats": stats})
+    return json_response({"model_stats": stats})
 
 
 # --- inference -------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ async def repository_index(request: web.Request) -> web.Response:
         except orjson.JSONDecodeError as exc:
             raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from None
         ready = bool(document.get("ready", False)) if isinstance(document, dict) else False
-    return _json(request.app[SERVER].repository_index(ready))
+    return json_response(request.app[SERVER].repository_index(ready))
 
 
 async def repository_load(request: web.Request) -> web.Response:

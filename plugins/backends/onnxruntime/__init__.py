@@ -1,0 +1,1 @@
+"""ONNX Runtime backend: ``model.onnx`` models, as Triton's onnxruntime backend serves them."""

@@ -1,0 +1,1 @@
+"""TensorRT backend: ``model.plan`` engines through the TensorRT Python runtime."""

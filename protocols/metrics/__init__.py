@@ -1,0 +1,1 @@
+"""Triton's metrics endpoint: Prometheus text on ``--metrics-port``."""
