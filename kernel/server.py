@@ -23,6 +23,7 @@ from .options import ServerOptions
 from .plugins import BackendLoader, create_plugin_manager
 from .repository import RepositorySource
 from .request import InferenceRequest, InferenceResponse
+from .shared_memory import Attachment, SharedMemoryRegistry
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ EXTENSIONS = (
     "classification",
     "model_repository",
     "model_configuration",
+    "system_shared_memory",
+    "cuda_shared_memory",
     "binary_tensor_data",
     "parameters",
     "statistics",
@@ -52,7 +55,16 @@ TRACE_SETTINGS = {
 class Server:
     """A Triton-compatible inference server running in this process."""
 
-    __slots__ = ("_backends", "_frontends", "_live", "_logs", "_manager", "_plugins", "options")
+    __slots__ = (
+        "_backends",
+        "_frontends",
+        "_live",
+        "_logs",
+        "_manager",
+        "_plugins",
+        "_shared_memory",
+        "options",
+    )
 
     def __init__(self, options: ServerOptions | None = None) -> None:
         self.options = options or ServerOptions()
@@ -64,6 +76,7 @@ class Server:
         self._frontends: list[Frontend] = []
         self._live = False
         self._logs = LogSettings(self.options.log_verbose)
+        self._shared_memory = SharedMemoryRegistry(self.options.allow_client_shm)
 
     def _sources(self) -> list[RepositorySource]:
         sources = []
@@ -114,6 +127,7 @@ class Server:
             log.warning("models did not unload within %.0f s", grace)
         for backend in self._backends.loaded():
             await backend.finalize()
+        self._shared_memory.close()
         self._live = False
 
     def _failed_models(self) -> list[str]:
@@ -238,28 +252,31 @@ class Server:
         ]
 
     def shared_memory_status(self, kind: str, name: str = "") -> list[dict[str, Any]]:
-        """Registered regions of ``kind`` ("system" or "cuda"): none can be registered yet."""
-        if name:
-            raise NotFound(f"Unable to find {kind} shared memory region: '{name}'")
-        return []
+        """Registered regions of ``kind`` ("system" or "cuda"), or the one named ``name``."""
+        return self._shared_memory.status(kind, name)
+
+    def check_client_shared_memory(self) -> None:
+        """Raise Triton's error unless ``--allow-client-shm`` lets clients (un)register."""
+        self._shared_memory.check_allowed()
 
     def register_system_shared_memory(self, name: str, key: str, offset: int, size: int) -> None:
-        self._refuse_shared_memory("system")
+        """Map ``size`` bytes at ``offset`` of POSIX shared memory object ``key`` as ``name``."""
+        self._shared_memory.register_system(name, key, offset, size)
 
     def register_cuda_shared_memory(
         self, name: str, handle: bytes, device_id: int, size: int
     ) -> None:
-        self._refuse_shared_memory("cuda")
+        """Open a client's CUDA allocation from its raw ``cudaIpcMemHandle_t`` as ``name``."""
+        self._shared_memory.register_cuda(name, handle, device_id, size)
 
     def unregister_shared_memory(self, kind: str, name: str = "") -> None:
-        """Unregister ``name`` (all regions when empty): nothing is registered, so a no-op."""
+        """Unregister ``name`` (every region of ``kind`` when empty); unknown names are fine."""
+        self._shared_memory.unregister(kind, name)
 
-    def _refuse_shared_memory(self, kind: str) -> None:
-        if not self.options.allow_client_shm:
-            raise Unavailable(
-                f"{kind} shared memory is disabled: start the server with --allow-client-shm"
-            )
-        raise Unsupported(f"{kind} shared memory registration is not supported by this server")
+    @property
+    def tracing(self) -> bool:
+        """Whether a request may be traced now (frontends record their timestamps only then)."""
+        return self._trace.active
 
     def trace_settings(self, model: str, update: dict[str, list[str]]) -> dict[str, list[str]]:
         """Triton's trace settings; tracing is off, and only "OFF" may be set."""
@@ -295,8 +312,10 @@ class Server:
                 f"model '{model.name}' is decoupled: its responses are streamed, use a "
                 "streaming call"
             )
-        response = await model.infer(request)
-        return _finish(response, request, model)
+        with self._shared_memory.attach(request, model.signature) as shared_memory:
+            response = _finish(await model.infer(request), request, model)
+            shared_memory.write_outputs(response)
+        return response
 
     def infer_stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
         """Run one request and yield every response: many (or none) for a decoupled model.
@@ -306,11 +325,21 @@ class Server:
         (``final``). Closing the iterator early cancels the request.
         """
         model = self._manager.get(request.model_name, request.model_version)
-        return self._finished(model.stream(request), request, model)
+        shared_memory = self._shared_memory.attach(request, model.signature)
+        try:
+            responses = self._finished(model.stream(request), request, model, shared_memory)
+        except BaseException:
+            shared_memory.release()
+            raise
+        shared_memory.release_with(responses)
+        return responses
 
     @staticmethod
     async def _finished(
-        responses: AsyncIterator[InferenceResponse], request: InferenceRequest, model: ModelVersion
+        responses: AsyncIterator[InferenceResponse],
+        request: InferenceRequest,
+        model: ModelVersion,
+        shared_memory: Attachment,
     ) -> AsyncIterator[InferenceResponse]:
         try:
             async for response in responses:
@@ -319,9 +348,12 @@ class Server:
                     response.id = request.id
                     yield response
                 else:
-                    yield _finish(response, request, model)
+                    response = _finish(response, request, model)
+                    shared_memory.write_outputs(response)
+                    yield response
         finally:
             await responses.aclose()  # type: ignore[attr-defined]
+            shared_memory.release()
 
 
 def _finish(

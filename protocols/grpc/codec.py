@@ -26,6 +26,7 @@ from triton_kernel.kernel.request import (
     RequestedOutput,
     sequence_flags,
 )
+from triton_kernel.kernel.shared_memory import BYTE_SIZE, OFFSET, REGION
 from triton_kernel.kernel.tensor import Tensor
 from triton_kernel.protocols.proto.grpc_service import ModelInferRequest, ModelInferResponse
 
@@ -147,13 +148,19 @@ def decode_infer_request(message: Any, raw: list[Any]) -> tuple[InferenceRequest
     """The kernel request a ModelInferRequest carries, and whether empty finals are wanted.
 
     Extra ``raw_input_contents`` beyond the inputs are ignored, as Triton ignores them.
+    Inputs read from shared memory take no raw contents: the next raw-fed input takes them.
     """
     name = message.model_name
     parameters = _request_parameters(message.parameters)
     decoder = _InputDecoder(name, message.id)
     inputs: dict[str, Tensor] = {}
-    for index, tensor in enumerate(message.inputs):
-        decoded = decoder.decode(tensor, raw[index] if index < len(raw) else None, bool(raw))
+    index = 0
+    for tensor in message.inputs:
+        if _shared_memory_reference(tensor) or (raw and tensor.HasField("contents")):
+            data = None
+        else:
+            data, index = (raw[index], index + 1) if index < len(raw) else (None, index)
+        decoded = decoder.decode(tensor, data, bool(raw))
         if decoded.name in inputs:
             raise InvalidArgument(
                 f"{decoder.prefix}input '{decoded.name}' already exists in request"
@@ -254,6 +261,8 @@ class _InputDecoder:
             raise InvalidArgument(f"{self.prefix}invalid datatype for input {name}")
         shape = tuple(tensor.shape)
         count = self.element_count(name, shape)
+        if REGION in tensor.parameters:
+            return self.from_shared_memory(tensor, shape)
         if raw_used and tensor.HasField("contents"):
             raise InvalidArgument(
                 f"contents field must not be specified when using raw_input_contents for "
@@ -265,6 +274,16 @@ class _InputDecoder:
             array = self.from_contents(name, datatype, shape, count, tensor.contents)
         extra = parameters_of(tensor.parameters)
         return Tensor(name, datatype, array, extra or None)
+
+    def from_shared_memory(self, tensor: Any, shape: tuple[int, ...]) -> Tensor:
+        """A placeholder of the input's shape; the kernel reads the data from the region."""
+        if tensor.HasField("contents"):
+            raise InvalidArgument(
+                "unexpected 'content' provided when using shared memory for input tensor "
+                f"'{tensor.name}' for model '{self.model}'"
+            )
+        array = np.broadcast_to(np.zeros((), NUMPY_DTYPES[tensor.datatype]), shape)
+        return Tensor(tensor.name, tensor.datatype, array, parameters_of(tensor.parameters))
 
     def element_count(self, name: str, shape: tuple[int, ...]) -> int:
         count, extent = 1, 1
@@ -343,14 +362,50 @@ _WIDE = {
 
 def _requested_output(output: Any) -> RequestedOutput:
     parameters = parameters_of(output.parameters)
+    shared_memory = _shared_memory_reference(output)
     if "classification" in output.parameters:
         choice = output.parameters["classification"].WhichOneof("parameter_choice")
         if choice != "int64_param":
             raise InvalidArgument(
                 "invalid value type for 'classification' parameter, expected int64_param"
             )
+        if shared_memory:
+            raise InvalidArgument(
+                "output can't set both 'shared_memory_region' and 'classification'"
+            )
     class_count = max(parameters.get("classification", 0), 0)
     return RequestedOutput(output.name, class_count, parameters)
+
+
+def _shared_memory_reference(tensor: Any) -> bool:
+    """Whether the tensor names a region, its ``shared_memory_*`` parameters checked as
+    Triton checks them (the kernel resolves the region itself)."""
+    parameters = tensor.parameters
+    has_region = REGION in parameters
+    if has_region and parameters[REGION].WhichOneof("parameter_choice") != "string_param":
+        raise _shared_memory_type(REGION, tensor.name, "string_param")
+    for key in (OFFSET, BYTE_SIZE):
+        if key not in parameters:
+            continue
+        if not has_region:
+            raise InvalidArgument(
+                f"'{key}' can not be specified without '{REGION}' parameter for tensor "
+                f"'{tensor.name}'"
+            )
+        if parameters[key].WhichOneof("parameter_choice") != "int64_param":
+            raise _shared_memory_type(key, tensor.name, "int64_param")
+    if has_region and BYTE_SIZE not in parameters:
+        raise InvalidArgument(
+            f"'{BYTE_SIZE}' must be specified along with '{REGION}' parameter for tensor "
+            f"'{tensor.name}'"
+        )
+    return has_region
+
+
+def _shared_memory_type(key: str, tensor: str, expected: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"invalid value type for '{key}' parameter for tensor '{tensor}', expected {expected}."
+    )
 
 
 def _apply_reserved(request: InferenceRequest, parameters: dict[str, Any]) -> None:
@@ -394,6 +449,9 @@ def encode_infer_response(
     chunks: list[bytes | memoryview] = [b""]
     for tensor in response.outputs:
         message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        if tensor.parameters and REGION in tensor.parameters:
+            chunks += (_RAW_OUTPUT_TAG, b"\x00")  # written to shared memory: empty contents
+            continue
         data = tensor.to_bytes()
         chunks += (_RAW_OUTPUT_TAG, _encode_varint(len(data)), data)
     chunks[0] = message.SerializeToString()

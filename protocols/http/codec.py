@@ -26,6 +26,7 @@ from triton_kernel.kernel.request import (
     RequestedOutput,
     sequence_flags,
 )
+from triton_kernel.kernel.shared_memory import BYTE_SIZE, OFFSET, REGION
 from triton_kernel.kernel.tensor import Tensor
 from triton_kernel.kernel.validation import Signature
 
@@ -141,15 +142,15 @@ class _InputDecoder:
         parameters = item.get("parameters", {})
         parameters = parameters if isinstance(parameters, dict) else {}
         size = parameters.get("binary_data_size")
-        if size is not None and "data" in item:
-            raise InvalidArgument(_DATA_FIELDS + "But set 'data' 'binary_data_size'")
+        _check_one_source(item, parameters)
         count = _element_count(shape)
         if size is not None:
             array = self.from_binary(name, datatype, shape, count, size)
         elif "data" in item:
             array = self.from_json(name, datatype, shape, count, item["data"])
-        else:
-            raise InvalidArgument(_DATA_FIELDS + "But no field is set")
+        else:  # the kernel reads it from the region (``shared_memory_*`` parameters)
+            _shared_memory_reference(parameters)
+            array = np.broadcast_to(np.zeros((), NUMPY_DTYPES[datatype]), shape)
         extra = {k: v for k, v in parameters.items() if k != "binary_data_size"}
         return Tensor(name, datatype, array, extra or None)
 
@@ -203,6 +204,37 @@ class _InputDecoder:
                 "Unable to parse 'data': Shape does not match true shape of 'data' field"
             )
         return np.asarray(flat, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
+
+
+def _check_one_source(item: dict[str, Any], parameters: dict[str, Any]) -> None:
+    """An input's data comes from exactly one place: JSON, the binary section or a region."""
+    sources = [
+        name
+        for name, present in (
+            ("data", "data" in item),
+            ("binary_data_size", parameters.get("binary_data_size") is not None),
+            ("shared_memory_region", REGION in parameters),
+        )
+        if present
+    ]
+    if len(sources) != 1:
+        found = " ".join(f"'{name}'" for name in sources)
+        raise InvalidArgument(
+            _DATA_FIELDS + (f"But set {found}" if sources else "But no field is set")
+        )
+
+
+def _shared_memory_reference(parameters: dict[str, Any]) -> None:
+    """Triton's type checks of a tensor's ``shared_memory_*`` parameters (the kernel
+    resolves the region); the offset and byte size are ignored without a region."""
+    if REGION not in parameters:
+        return
+    if not isinstance(parameters[REGION], str):
+        raise _unparsable(REGION, "JSON non-string as string")
+    for key in (OFFSET, BYTE_SIZE):
+        value = parameters.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**64:
+            raise _unparsable(key, _UNSIGNED)
 
 
 def _shape(item: dict[str, Any]) -> tuple[int, ...]:
@@ -288,15 +320,30 @@ def flatten_json(data: list[Any]) -> list[Any]:
 def _decode_output(item: Any) -> RequestedOutput:
     if not isinstance(item, dict):
         raise _unparsable("name", "non-existing object member 'name'")
-    name = _string(item, "name")
     parameters = item.get("parameters", {})
     parameters = parameters if isinstance(parameters, dict) else {}
+    _check_shared_memory_output(parameters)
+    name = _string(item, "name")
     class_count = parameters.get("classification", 0)
     if not isinstance(class_count, int) or isinstance(class_count, bool) or class_count < 0:
         raise Internal(f"Unable to set 'classification': attempt to access {_UNSIGNED}")
     if "binary_data" in parameters and not isinstance(parameters["binary_data"], bool):
         raise _unparsable("binary_data", "JSON non-boolean as boolean")
+    _shared_memory_reference(parameters)
     return RequestedOutput(name, class_count, parameters)
+
+
+def _check_shared_memory_output(parameters: dict[str, Any]) -> None:
+    """An output written to shared memory is neither classified nor sent as binary data."""
+    if REGION not in parameters:
+        return
+    if "classification" in parameters:
+        raise InvalidArgument("Output can't set both 'shared_memory_region' and 'classification'")
+    binary = parameters.get("binary_data", False)
+    if not isinstance(binary, bool):
+        raise Internal("Unable to set 'binary_data': attempt to access JSON non-boolean as boolean")
+    if binary:
+        raise InvalidArgument("Output can't set both 'shared_memory_region' and 'binary_data'")
 
 
 def _apply_reserved(request: InferenceRequest, parameters: dict[str, Any]) -> None:
@@ -356,7 +403,9 @@ def encode_response(
             "datatype": tensor.datatype,
             "shape": list(tensor.shape),
         }
-        if wants_binary.get(tensor.name, binary_default):
+        if tensor.parameters and REGION in tensor.parameters:
+            pass  # written to shared memory: Triton answers with the metadata only
+        elif wants_binary.get(tensor.name, binary_default):
             data = tensor.to_bytes()
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)

@@ -659,7 +659,8 @@ def test_shared_memory_and_settings(gclient: grpcclient.InferenceServerClient) -
     assert gclient.get_cuda_shared_memory_status(as_json=True) == {}
     with pytest.raises(InferenceServerException, match="--allow-client-shm"):
         gclient.register_system_shared_memory("region", "/key", 64)
-    gclient.unregister_system_shared_memory()
+    with pytest.raises(InferenceServerException, match="--allow-client-shm"):
+        gclient.unregister_system_shared_memory()
     trace = gclient.get_trace_settings(as_json=True)["settings"]
     assert trace["trace_level"]["value"] == ["OFF"]
     logs = gclient.get_log_settings(as_json=True)["settings"]
