@@ -17,8 +17,9 @@ from typing import NoReturn
 
 from .cache import create_cache
 from .errors import InvalidArgument, KernelError
-from .logsettings import LOG_FORMAT, log_level
+from .logsettings import LogSettings
 from .options import ServerOptions
+from .restricted import check_restriction_options
 from .server import Server
 
 log = logging.getLogger("triton_kernel")
@@ -233,10 +234,14 @@ def example_repository() -> Path:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    level = log_level(
-        info=args.log_info, warning=args.log_warning, error=args.log_error, verbose=args.log_verbose
+    """Triton's log switches and format on standard error until the server opens ``--log-file``."""
+    LogSettings(
+        log_info=args.log_info,
+        log_warning=args.log_warning,
+        log_error=args.log_error,
+        log_verbose_level=args.log_verbose,
+        log_format=args.log_format,
     )
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
 
 
 async def serve(options: ServerOptions) -> int:
@@ -273,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args)
     try:
         options = options_from_args(args)
+        check_restriction_options(options.http_restricted_api, options.grpc_restricted_protocol)
     except KernelError as exc:
         print(f"triton-kernel: error: {exc}", file=sys.stderr)
         return 2

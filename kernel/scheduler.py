@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from .backend import ModelInstance
 from .errors import Internal, KernelError
+from .logsettings import VERBOSE, verbose_level
 from .request import InferenceRequest
 from .statistics import ModelStatistics
 
@@ -169,6 +170,8 @@ class InstancePool:
                 after(batch)
 
     async def _execute(self, instance: ModelInstance, batch: list[InferenceRequest]) -> None:
+        if VERBOSE.level:
+            log.log(verbose_level(), "model %s, executing %d requests", self.model_name, len(batch))
         started = time.perf_counter_ns()
         for request in batch:
             self.statistics.queued(started - request.enqueued_ns)

@@ -75,7 +75,7 @@ class Server:
         self._manager = ModelManager(self._sources(), self._backends, self.options, self)
         self._frontends: list[Frontend] = []
         self._live = False
-        self._logs = LogSettings(self.options.log_verbose)
+        self._logs = LogSettings.from_options(self.options)
         self._shared_memory = SharedMemoryRegistry(self.options.allow_client_shm)
 
     def _sources(self) -> list[RepositorySource]:
@@ -292,7 +292,8 @@ class Server:
         return dict(TRACE_SETTINGS)
 
     def log_settings(self, update: dict[str, Any]) -> dict[str, Any]:
-        """Triton's log settings, applied to Python's ``logging`` (levels and verbosity)."""
+        """Triton's log settings, changed live (process-wide): each key of ``update`` in
+        Triton's order; a bad one raises and leaves those before it applied."""
         return self._logs.update(update)
 
     # --- inference ---------------------------------------------------------------

@@ -11,9 +11,12 @@ from grpclib.protocol import H2Protocol
 from grpclib.server import Handler
 from grpclib.server import Server as GrpcServer
 
+from triton_kernel.kernel.logsettings import VERBOSE, verbose_level
 from triton_kernel.kernel.options import ServerOptions
+from triton_kernel.kernel.restricted import grpc_restrictions
 from triton_kernel.kernel.server import Server
 
+from .restricted import RestrictedService
 from .service import HealthService, InferenceService
 from .wire import MessageCodec
 
@@ -26,6 +29,8 @@ class _HeaderKeepingHandler(Handler):
 
     def accept(self, stream: Any, headers: Any, release_stream: Any) -> None:
         stream.headers = headers
+        if VERBOSE.level:
+            log.log(verbose_level(1), "GRPC request: %s", dict(headers).get(":path"))
         super().accept(stream, headers, release_stream)
 
 
@@ -47,7 +52,11 @@ class GrpcFrontend:
     def __init__(self, server: Server, options: ServerOptions) -> None:
         self._options = options
         limit = options.grpc_max_message_size
-        self._services = [InferenceService(server, limit), HealthService(server, limit)]
+        services: list[Any] = [InferenceService(server, limit), HealthService(server, limit)]
+        restrictions = grpc_restrictions(options.grpc_restricted_protocol)
+        if restrictions:
+            services = [RestrictedService(service, restrictions) for service in services]
+        self._services = services
         self._server: _Server | None = None
 
     @property

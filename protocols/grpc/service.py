@@ -270,7 +270,14 @@ class InferenceService(pb.GrpcInferenceServiceBase):
         )
 
     async def log_settings(self, message: pb.LogSettingsRequest) -> pb.LogSettingsResponse:
-        update = {key: _oneof_value(value) for key, value in message.settings.items()}
+        update: dict[str, Any] = {}
+        try:
+            for key, (field, word) in _LOG_FIELDS.items():  # Triton's order
+                if key in message.settings:
+                    update[key] = _log_value(key, message.settings[key], field, word)
+        except KernelError:
+            self.server.log_settings(update)  # Triton applies each before reading the next
+            raise
         settings = self.server.log_settings(update)
         return pb.LogSettingsResponse(
             settings={key: _log_setting(value) for key, value in settings.items()}
@@ -453,6 +460,26 @@ def _oneof_value(message: Any) -> Any:
         if value is not None:
             return value
     return None
+
+
+#: Each log setting's field and Triton's word for its type, in the order Triton applies them.
+_LOG_FIELDS = {
+    "log_file": ("string_param", "string"),
+    "log_info": ("bool_param", "boolean"),
+    "log_warning": ("bool_param", "boolean"),
+    "log_error": ("bool_param", "boolean"),
+    "log_verbose_level": ("uint32_param", "int32"),
+    "log_format": ("string_param", "string"),
+}
+
+
+def _log_value(key: str, setting: Any, field: str, word: str) -> Any:
+    if key == "log_file":
+        raise Unsupported("log file location can not be updated through network protocol")
+    value = getattr(setting, field, None)
+    if value is None:
+        raise InvalidArgument(f"expect {word} for '{key}'")
+    return value
 
 
 def _log_setting(value: Any) -> pb.LogSettingsResponseSettingValue:

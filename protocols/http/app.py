@@ -7,10 +7,12 @@ import logging
 from aiohttp import web
 
 from triton_kernel.kernel.options import ServerOptions
+from triton_kernel.kernel.restricted import http_restrictions
 from triton_kernel.kernel.server import Server
 
 from . import handlers, settings, shared_memory
 from .errors import error_middleware
+from .restricted import restriction_middleware
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,11 @@ def create_app(server: Server, max_input_size: int) -> web.Application:
             web.post(f"{prefix}/generate_stream", handlers.generate_stream),
         ]
     app.add_routes(routes)
+    restricted = restriction_middleware(
+        app.router, http_restrictions(server.options.http_restricted_api)
+    )
+    if restricted is not None:
+        app.middlewares.append(restricted)
     return app
 
 
@@ -86,7 +93,8 @@ class HttpFrontend:
             # A client that hangs up cancels its handler, and so its kernel request:
             # the queue drops it, a running Python model sees is_cancelled().
             handler_cancellation=True,
-            access_log=None,
+            access_log=log,  # verbose only: see settings.VerboseAccessLogger
+            access_log_class=settings.VerboseAccessLogger,
             shutdown_timeout=self._grace,
         )
         await self._runner.setup()

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
-from triton_kernel.kernel.errors import InvalidArgument
+from triton_kernel.kernel.errors import (
+    Internal,
+    InvalidArgument,
+    KernelError,
+    Unavailable,
+    Unsupported,
+)
+from triton_kernel.kernel.logsettings import LOG_FORMATS, VERBOSE, verbose_level
 
 from .handlers import SERVER, json_response
 
@@ -37,8 +46,85 @@ def _trace_values(key: str, value: Any) -> list[str]:
 
 
 async def logging_setting(request: web.Request) -> web.Response:
-    update = await _body(request) if request.method == "POST" else {}
-    return json_response(request.app[SERVER].log_settings(update))
+    """GET reads, POST changes the live server's logging (``log_file`` excepted, as in Triton)."""
+    server = request.app[SERVER]
+    if request.method != "POST":
+        return json_response(server.log_settings({}))
+    document = _log_document(await request.read())
+    update: dict[str, Any] = {}
+    try:
+        for key, read in _LOG_READERS.items():  # Triton's order
+            if document.get(key) is not None:
+                update[key] = read(document[key])
+    except KernelError:
+        server.log_settings(update)  # Triton applies each setting before reading the next
+        raise
+    return json_response(server.log_settings(update))
+
+
+def _log_document(raw: bytes) -> dict[str, Any]:
+    """The POST body; anything but an object changes nothing, as in Triton."""
+    if not raw.strip():
+        raise Internal("failed to parse the request JSON buffer: The document is empty. at 0")
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Internal(f"failed to parse the request JSON buffer: {exc}") from None
+    return document if isinstance(document, dict) else {}
+
+
+def _log_file(value: Any) -> str:
+    raise Unsupported("log file location can not be updated through network protocol")
+
+
+def _log_switch(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Internal("attempt to access JSON non-boolean as boolean")
+    return value
+
+
+def _log_verbose_level(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+        raise Internal("attempt to access JSON non-unsigned-integer as unsigned-integer")
+    level = value & 0xFFFFFFFF  # Triton keeps it as an int32, and no less than 0
+    return 0 if level >= 2**31 else level
+
+
+def _log_format(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Internal("attempt to access JSON non-string as string")
+    if value not in LOG_FORMATS:
+        raise Unavailable(f"invalid argument for --log_format, got: {value}")
+    return value
+
+
+#: How each setting is read from the body, in the order Triton applies them.
+_LOG_READERS: dict[str, Callable[[Any], Any]] = {
+    "log_file": _log_file,
+    "log_info": _log_switch,
+    "log_warning": _log_switch,
+    "log_error": _log_switch,
+    "log_verbose_level": _log_verbose_level,
+    "log_format": _log_format,
+}
+
+
+class VerboseAccessLogger(AbstractAccessLogger):
+    """Triton's verbose ``HTTP request:`` line; with verbose off, one attribute read.
+
+    Enabled on every connection, so that a ``log_verbose_level`` set through
+    ``/v2/logging`` reaches the keep-alive connections already open.
+    """
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if VERBOSE.level:
+            self.logger.log(
+                verbose_level(),
+                "HTTP request: %s %s -> %d",
+                request.method,
+                request.path_qs,
+                response.status,
+            )
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

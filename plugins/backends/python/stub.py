@@ -306,6 +306,20 @@ def describe(exc: BaseException) -> str:
     return text
 
 
+class ServerLog(logging.Handler):
+    """Sends ``pb_utils.Logger`` lines to the server, which writes them to its own log."""
+
+    def __init__(self, send: Any) -> None:
+        super().__init__()
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._send(("log", record.levelno, record.getMessage(), record.pathname, record.lineno))
+        except OSError:
+            pass  # the server is gone: nobody reads the log
+
+
 def _die_with_parent() -> None:
     """Ask Linux to kill this worker if the server dies without stopping it (no orphans)."""
     try:
@@ -326,7 +340,12 @@ def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
     sock.setblocking(True)
     sys.path.insert(0, str(Path(sys.argv[2]).resolve()))  # the model's own modules
-    Worker(sock).run()
+    worker = Worker(sock)
+    model_log = logging.getLogger("triton_python_backend")  # pb_utils.Logger
+    model_log.addHandler(ServerLog(worker.send))
+    model_log.setLevel(logging.DEBUG)  # the server's log settings decide what is written
+    model_log.propagate = False
+    worker.run()
 
 
 if __name__ == "__main__":

@@ -625,33 +625,40 @@ _log = logging.getLogger("triton_python_backend")
 
 
 class Logger:
-    """Log lines from a model, shown in the server's log."""
+    """Log lines from a model, shown in the server's log with the model's ``file:line``."""
 
     @staticmethod
     def log(message: str, level: int = LogLevel.INFO) -> None:
-        python_level = {
-            LogLevel.INFO: logging.INFO,
-            LogLevel.WARNING: logging.WARNING,
-            LogLevel.ERROR: logging.ERROR,
-            LogLevel.VERBOSE: logging.DEBUG,
-        }.get(level, logging.INFO)
-        _log.log(python_level, "%s", message)
+        _emit(message, level)
 
     @staticmethod
     def log_info(message: str) -> None:
-        Logger.log(message, LogLevel.INFO)
+        _emit(message, LogLevel.INFO)
 
     @staticmethod
     def log_warn(message: str) -> None:
-        Logger.log(message, LogLevel.WARNING)
+        _emit(message, LogLevel.WARNING)
 
     @staticmethod
     def log_error(message: str) -> None:
-        Logger.log(message, LogLevel.ERROR)
+        _emit(message, LogLevel.ERROR)
 
     @staticmethod
     def log_verbose(message: str) -> None:
-        Logger.log(message, LogLevel.VERBOSE)
+        _emit(message, LogLevel.VERBOSE)
+
+
+_LEVELS = {
+    LogLevel.INFO: logging.INFO,
+    LogLevel.WARNING: logging.WARNING,
+    LogLevel.ERROR: logging.ERROR,
+    LogLevel.VERBOSE: logging.DEBUG,
+}
+
+
+def _emit(message: str, level: int) -> None:
+    # stacklevel 3: the record names the model's line that called a Logger method.
+    _log.log(_LEVELS.get(level, logging.INFO), "%s", message, stacklevel=3)
 
 
 if "triton_python_backend_utils" not in sys.modules:  # reachable by Triton's import name

@@ -19,6 +19,8 @@ from triton_kernel.kernel.tensor import Tensor
 from . import bls, ipc
 
 log = logging.getLogger(__name__)
+#: Where the lines of Python models go (``kernel.logsettings`` gates its verbose lines).
+_MODEL_LOG = logging.getLogger("triton_python_backend")
 
 STUB = Path(__file__).resolve().parent / "stub.py"
 #: ``TRITONSERVER_RESPONSE_COMPLETE_FINAL``.
@@ -115,6 +117,8 @@ class WorkerProcess:
             self._on_send(message[1], message[2], message[3])
         elif kind == "infer":
             self._on_infer(message[1], message[2], message[3])
+        elif kind == "log":
+            _model_log(*message[1:])
         elif kind == "bls_cancel":
             task = self._bls.get(message[1])
             if task is not None:
@@ -244,6 +248,13 @@ def _error_response(request: InferenceRequest, code: str, message: str) -> Infer
     response = InferenceResponse(request.model_name, "")
     response.error = KernelError.from_code(code, message)
     return response
+
+
+def _model_log(level: int, message: str, path: str, line: int) -> None:
+    """A ``pb_utils.Logger`` line, written as the model's own ``file:line`` (as Triton does)."""
+    if _MODEL_LOG.isEnabledFor(level):
+        record = _MODEL_LOG.makeRecord(_MODEL_LOG.name, level, path, line, message, (), None)
+        _MODEL_LOG.handle(record)
 
 
 def _resolve(future: asyncio.Future[Any] | None, value: Any) -> None:
