@@ -49,7 +49,8 @@ def create_app(server: Server, max_input_size: int) -> web.Application:
                 web.get(f"{scope}/status", shared_memory.status, allow_head=False),
                 web.post(f"{scope}/unregister", shared_memory.unregister),
             ]
-        routes.append(web.post(f"/v2/{kind}/region/{{region}}/register", shared_memory.register))
+        for scope in (f"/v2/{kind}", f"/v2/{kind}/region/{{region}}"):
+            routes.append(web.post(f"{scope}/register", shared_memory.register))
     for prefix in (_MODEL, _VERSIONED):
         routes += [
             web.get(prefix, handlers.model_metadata, allow_head=False),

@@ -32,7 +32,10 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def register(request: web.Request) -> web.Response:
-    server, region = request.app[SERVER], request.match_info["region"]
+    server, region = request.app[SERVER], request.match_info.get("region", "")
+    if not region:
+        kind = "cuda" if _kind(request) == "cuda" else "system"
+        raise InvalidArgument(f"'region name' is necessary to register {kind} shared memory region")
     server.check_client_shared_memory()
     body = await _body(request)
     if _kind(request) == "cuda":
