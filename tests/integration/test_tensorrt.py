@@ -27,13 +27,11 @@ from triton_kernel.plugins.backends.tensorrt.engine_io import (
     complete_config,
     profile_indices,
 )
+from triton_kernel.plugins.backends.tensorrt.runtime import TENSORRT_MODULES
 
 from .conftest import RunningServer, start_server, write_model
 
-TENSORRT_INSTALLED = any(
-    importlib.util.find_spec(m) is not None
-    for m in ("tensorrt", "tensorrt_lean", "tensorrt_dispatch")
-)
+TENSORRT_INSTALLED = any(importlib.util.find_spec(m) is not None for m in TENSORRT_MODULES)
 
 IO = """
 input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
@@ -77,7 +75,7 @@ BROKEN = {
 
 NO_RUNTIME = (
     "unable to load model 'no_runtime': no TensorRT runtime is installed for the tensorrt "
-    "backend (pip install tensorrt-lean-cu13"
+    "backend (pip install tensorrt-lean-cu13-bindings tensorrt-lean-cu13-libs"
 )
 
 

@@ -68,11 +68,16 @@ def describe(trt: Any, engine: Any) -> list[TensorInfo]:
                 TRT_DATATYPES.get(engine.get_tensor_dtype(name).name, "INVALID"),
                 tuple(engine.get_tensor_shape(name)),
                 shape_tensor,
-                engine.get_tensor_format(name) == trt.TensorFormat.LINEAR,
+                _is_linear(engine.get_tensor_format(name)),
                 profiles,
             )
         )
     return tensors
+
+
+def _is_linear(tensor_format: Any) -> bool:
+    """``TensorFormat.LINEAR`` (the lean runtime's bindings do not export the enum type)."""
+    return getattr(tensor_format, "name", str(tensor_format)).rsplit(".", 1)[-1] == "LINEAR"
 
 
 def _profile(shapes: Any) -> tuple[Shape, Shape, Shape]:

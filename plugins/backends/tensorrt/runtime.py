@@ -1,7 +1,9 @@
 """TensorRT itself: importing a runtime, and deserializing a plan onto a GPU (and NVDLA core).
 
 The TensorRT Python API ships as ``tensorrt`` (full), ``tensorrt_lean`` (the lean
-runtime, for version-compatible plans) or ``tensorrt_dispatch``; any of them serves.
+runtime, for version-compatible plans) or ``tensorrt_dispatch``, and since TensorRT 11
+its bindings wheels hold ``<name>_bindings`` modules (the metapackages add the short
+name); any of them serves.
 Device buffers and CUDA streams come from torch's CUDA build.
 """
 
@@ -20,10 +22,18 @@ log = logging.getLogger(__name__)
 __all__ = ["PlanLoader", "import_tensorrt", "import_torch_cuda"]
 
 #: The Python modules of TensorRT's runtimes, in order of preference.
-TENSORRT_MODULES = ("tensorrt", "tensorrt_lean", "tensorrt_dispatch")
+TENSORRT_MODULES = (
+    "tensorrt",
+    "tensorrt_bindings",
+    "tensorrt_lean",
+    "tensorrt_lean_bindings",
+    "tensorrt_dispatch",
+    "tensorrt_dispatch_bindings",
+)
 INSTALL_HINT = (
-    "pip install tensorrt-lean-cu13 (the lean runtime, for version-compatible plans) or "
-    "tensorrt-cu13 (the full runtime); -cu12 for CUDA 12; on Jetson, JetPack's python3-libnvinfer"
+    "pip install tensorrt-lean-cu13-bindings tensorrt-lean-cu13-libs (the lean runtime, for "
+    "version-compatible plans) or tensorrt-cu13 (the full runtime); -cu12 for CUDA 12; on "
+    "Jetson, JetPack's python3-libnvinfer"
 )
 
 
