@@ -18,9 +18,10 @@ from .errors import Internal, InvalidArgument, KernelError, NotFound, Unavailabl
 from .frontend import Frontend
 from .logsettings import LogSettings
 from .model import ModelState, ModelVersion
-from .models import ModelManager, ModelOverride
+from .models import DUPLICATE_REASON, ModelManager, ModelOverride
 from .options import ServerOptions
 from .plugins import BackendLoader, create_plugin_manager
+from .poller import RepositoryPoller
 from .repository import RepositorySource
 from .request import InferenceRequest, InferenceResponse
 from .shared_memory import Attachment, SharedMemoryRegistry
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 EXTENSIONS = (
     "classification",
     "model_repository",
+    "model_repository(unload_dependents)",
     "model_configuration",
     "system_shared_memory",
     "cuda_shared_memory",
@@ -62,6 +64,7 @@ class Server:
         "_logs",
         "_manager",
         "_plugins",
+        "_poller",
         "_shared_memory",
         "options",
     )
@@ -74,6 +77,7 @@ class Server:
         )
         self._manager = ModelManager(self._sources(), self._backends, self.options, self)
         self._frontends: list[Frontend] = []
+        self._poller: RepositoryPoller | None = None
         self._live = False
         self._logs = LogSettings.from_options(self.options)
         self._shared_memory = SharedMemoryRegistry(self.options.allow_client_shm)
@@ -97,6 +101,9 @@ class Server:
             failed = ", ".join(self._failed_models())
             await self.stop()
             raise Unavailable(f"failed to load all models: {failed}")
+        if self.options.model_control_mode == "poll" and self.options.repository_poll_secs > 0:
+            self._poller = RepositoryPoller(self._manager, self.options.repository_poll_secs)
+            self._poller.start()
         if frontends:
             await self._start_frontends()
 
@@ -108,6 +115,12 @@ class Server:
         else:
             await self._manager.load_all()
 
+    async def poll_repository(self) -> None:
+        """Poll mode: bring the served models in line with the repositories now."""
+        if self.options.model_control_mode != "poll":
+            raise Unavailable("polling is disabled")
+        await self._manager.sync()
+
     async def _start_frontends(self) -> None:
         results = self._plugins.hook.tk_frontend_create(server=self, options=self.options)
         for frontend in results:
@@ -116,8 +129,11 @@ class Server:
                 self._frontends.append(frontend)
 
     async def stop(self) -> None:
-        """Stop the frontends (draining in-flight calls), then unload every model."""
+        """Stop polling and the frontends (draining in-flight calls), then unload every model."""
         grace = self.options.exit_timeout_secs
+        if self._poller is not None:
+            await self._poller.stop()
+            self._poller = None
         for frontend in reversed(self._frontends):
             await frontend.stop(grace)
         self._frontends.clear()
@@ -131,9 +147,14 @@ class Server:
         self._live = False
 
     def _failed_models(self) -> list[str]:
+        """Models that failed to load (an unloaded model, or a failed reload while the
+        previous versions serve, is no failure: Triton's readiness ignores ``unloaded``)."""
         failed = []
         for entry in self._manager.entries():
-            if entry.reason or any(not v.ready for v in entry.versions.values()):
+            versions = entry.versions.values()
+            if (entry.reason and entry.reason != "unloaded") or any(
+                v.state is ModelState.UNAVAILABLE and v.reason != "unloaded" for v in versions
+            ):
                 failed.append(entry.name)
         return failed
 
@@ -173,7 +194,10 @@ class Server:
         batch = [-1] if model.config.max_batch_size > 0 else []
         return {
             "name": name,
-            "versions": [str(v.version) for v in entry.ready_versions],
+            # Triton lists the one version asked for, else every ready one
+            "versions": [str(model.version)]
+            if version >= 0
+            else [str(v.version) for v in sorted(entry.ready_versions, key=lambda v: v.version)],
             "platform": model.config.platform or model.config.backend,
             "inputs": [_tensor_metadata(t, batch) for t in model.signature.inputs.values()],
             "outputs": [_tensor_metadata(t, batch) for t in model.signature.outputs.values()],
@@ -185,15 +209,18 @@ class Server:
     # --- repository ------------------------------------------------------------
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        """Triton's repository index: every model (and version) with its state."""
-        index: list[dict[str, Any]] = []
-        known = {entry.name: entry for entry in self._manager.entries()}
+        """Triton's repository index: every model folder of the repositories (a model
+        loaded only from override files is not one), each version with its state."""
         try:
-            discovered = self._manager.discover()
+            found, duplicates = self._manager.scan()
         except KernelError:
-            discovered = {}
-        for name in sorted(set(known) | set(discovered)):
-            index.extend(_index_rows(name, known.get(name)))
+            found, duplicates = {}, set()
+        index: list[dict[str, Any]] = []
+        for name in sorted(found.keys() | duplicates):
+            if name in duplicates:
+                index.append({"name": name, "state": "UNAVAILABLE", "reason": DUPLICATE_REASON})
+            else:
+                index.extend(_index_rows(name, self._manager.entry(name)))
         if ready_only:
             index = [row for row in index if row.get("state") == ModelState.READY.value]
         return index
@@ -205,7 +232,8 @@ class Server:
 
         ``files`` maps paths inside the model directory (``1/model.py``) to their
         contents; with them the model loads from a private directory holding only
-        those files, as Triton does, and ``config`` is required.
+        those files, as Triton does, and ``config`` is required. A reload that fails
+        raises with the reason and leaves the versions serving before as they were.
         """
         if self.options.model_control_mode != "explicit":
             raise Unavailable("explicit model load / unload is not allowed if polling is enabled")
@@ -215,16 +243,15 @@ class Server:
         entry = await self._manager.load(name, override=override)
         if entry.config_error:  # Triton refuses such a configuration while polling
             raise Internal(f"failed to load '{name}', failed to poll from model repository")
-        if entry.reason:
-            raise InvalidArgument(f"load failed for model '{name}': {entry.reason}\n")
-        reason = next((v.reason for v in entry.versions.values() if not v.ready), "")
-        if reason:
-            raise InvalidArgument(f"load failed for model '{name}': version {reason}")
+        if entry.load_error:
+            raise InvalidArgument(f"load failed for model '{name}': {entry.load_error}\n")
 
-    async def unload_model(self, name: str) -> None:
+    async def unload_model(self, name: str, *, unload_dependents: bool = False) -> None:
+        """Unload ``name`` and the ensembles using it; ``unload_dependents`` also unloads
+        the models its ensembles used that were not loaded by name (Triton)."""
         if self.options.model_control_mode != "explicit":
             raise Unavailable("explicit model load / unload is not allowed if polling is enabled")
-        await self._manager.unload(name)
+        await self._manager.unload(name, dependents=unload_dependents)
 
     # --- statistics, shared memory, trace and log settings ---------------------------
 
@@ -390,12 +417,18 @@ def _tensor_metadata(spec: Any, batch: list[int]) -> dict[str, Any]:
 
 
 def _index_rows(name: str, entry: Any) -> list[dict[str, Any]]:
+    """A model's index rows; ``reason`` only where there is one, as Triton writes them."""
     if entry is None:
         return [{"name": name}]
     if not entry.versions:
-        row = {"name": name, "state": ModelState.UNAVAILABLE.value, "reason": entry.reason}
-        return [row]
+        return [_with_reason({"name": name, "state": ModelState.UNAVAILABLE.value}, entry.reason)]
     return [
-        {"name": name, "version": str(v.version), "state": v.state.value, "reason": v.reason}
+        _with_reason({"name": name, "version": str(v.version), "state": v.state.value}, v.reason)
         for v in sorted(entry.versions.values(), key=lambda v: v.version)
     ]
+
+
+def _with_reason(row: dict[str, Any], reason: str) -> dict[str, Any]:
+    if reason:
+        row["reason"] = reason
+    return row

@@ -206,7 +206,8 @@ class InferenceService(pb.GrpcInferenceServiceBase):
         self, message: pb.RepositoryModelUnloadRequest
     ) -> pb.RepositoryModelUnloadResponse:
         _no_repository_name(message.repository_name)
-        await self.server.unload_model(message.model_name)
+        dependents = _unload_dependents(message.parameters)
+        await self.server.unload_model(message.model_name, unload_dependents=dependents)
         return pb.RepositoryModelUnloadResponse()
 
     # --- shared memory -----------------------------------------------------------------------
@@ -451,6 +452,18 @@ def _load_overrides(parameters: dict[str, Any]) -> tuple[str | None, dict[str, b
         else:
             raise InvalidArgument(f"unrecognized load parameter '{key}'.")
     return config, files
+
+
+def _unload_dependents(parameters: dict[str, Any]) -> bool:
+    """A RepositoryModelUnload's ``unload_dependents`` (other parameters are ignored)."""
+    if "unload_dependents" not in parameters:
+        return False
+    value = _oneof_value(parameters["unload_dependents"])
+    if not isinstance(value, bool):
+        raise InvalidArgument(
+            "invalid value type for 'unload_dependents' parameter, expected bool_param."
+        )
+    return value
 
 
 def _oneof_value(message: Any) -> Any:

@@ -10,7 +10,7 @@ from contextlib import aclosing
 import orjson
 from aiohttp import web
 
-from triton_kernel.kernel.errors import InvalidArgument, Unsupported
+from triton_kernel.kernel.errors import Internal, InvalidArgument, Unsupported
 from triton_kernel.kernel.request import InferenceRequest
 from triton_kernel.kernel.server import Server
 
@@ -231,9 +231,11 @@ def _load_parameters(body: bytes) -> tuple[str | None, dict[str, bytes]]:
             continue
         if not key.startswith("file:"):
             raise InvalidArgument(f"unrecognized load parameter '{key}'.")
+        if not isinstance(value, str):
+            raise Internal("attempt to access JSON non-string as string")
         try:
             files[key.removeprefix("file:")] = base64.b64decode(value, validate=True)
-        except (TypeError, ValueError, binascii.Error):
+        except (ValueError, binascii.Error):
             raise InvalidArgument(
                 f"Unable to parse '{key}': the value must be base64-encoded file content"
             ) from None
@@ -241,5 +243,19 @@ def _load_parameters(body: bytes) -> tuple[str | None, dict[str, bytes]]:
 
 
 async def repository_unload(request: web.Request) -> web.Response:
-    await request.app[SERVER].unload_model(request.match_info["model"])
+    dependents = _unload_dependents(await request.read())
+    await request.app[SERVER].unload_model(
+        request.match_info["model"], unload_dependents=dependents
+    )
     return web.Response(status=200)
+
+
+def _unload_dependents(body: bytes) -> bool:
+    """``{"parameters": {"unload_dependents": true}}``; Triton's HTTP unload ignores a body
+    it cannot read (bad JSON, a non-boolean value) and unloads without dependents."""
+    try:
+        document = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError:
+        return False
+    parameters = document.get("parameters") if isinstance(document, dict) else None
+    return isinstance(parameters, dict) and parameters.get("unload_dependents") is True
