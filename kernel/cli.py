@@ -21,6 +21,7 @@ from .logsettings import LogSettings
 from .options import ServerOptions
 from .restricted import check_restriction_options
 from .server import Server
+from .trace_config import parse_trace_config
 
 log = logging.getLogger("triton_kernel")
 
@@ -278,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args)
     try:
         options = options_from_args(args)
+        parse_trace_config(options.trace_config)  # refused before anything starts
         check_restriction_options(options.http_restricted_api, options.grpc_restricted_protocol)
     except KernelError as exc:
         print(f"triton-kernel: error: {exc}", file=sys.stderr)

@@ -106,6 +106,8 @@ class ModelVersion:
         if self.cache is not None:
             key, lookup_ns, cached = self._cache_lookup(request)
             if cached is not None:
+                if request.trace is not None:
+                    request.trace.request_done(True)
                 return cached
         future = request.bind(asyncio.get_running_loop())
         self.in_flight += 1
@@ -118,6 +120,8 @@ class ModelVersion:
         finally:
             self.in_flight -= 1
             self.statistics.request_done(request.enqueued_ns, ok)
+            if request.trace is not None:
+                request.trace.request_done(ok)
             if key:
                 self._cache_insert(key, lookup_ns, response if ok else None)
 
@@ -189,6 +193,8 @@ class ModelVersion:
         finally:
             self.in_flight -= 1
             self.statistics.request_done(request.enqueued_ns, ok)
+            if request.trace is not None:
+                request.trace.request_done(ok)
             if key:
                 self._cache_insert(key, lookup_ns, None)
             await responses.aclose()  # type: ignore[attr-defined]

@@ -67,6 +67,7 @@ class InferenceRequest:
         "correlation_id",
         "enqueued_ns",
         "flags",
+        "frontend",
         "id",
         "inputs",
         "model_name",
@@ -76,6 +77,7 @@ class InferenceRequest:
         "priority",
         "response_hook",
         "timeout_us",
+        "trace",
     )
 
     def __init__(
@@ -109,6 +111,10 @@ class InferenceRequest:
         #: Called with each response before its caller sees it (the sequence batcher
         #: takes a model's implicit state outputs out of it).
         self.response_hook: Callable[[InferenceResponse], None] | None = None
+        #: The request's ``kernel.trace.RequestTrace`` when it is traced.
+        self.trace: Any = None
+        #: The frontend's ``kernel.trace.FrontendTrace`` (its timestamps) while tracing is on.
+        self.frontend: Any = None
         self._future: asyncio.Future[Any] | None = None
         self._responses: asyncio.Queue[Any] | None = None
 
@@ -159,6 +165,8 @@ class InferenceRequest:
             return
         if self.response_hook is not None:
             self.response_hook(response)
+        if self.trace is not None:
+            self.trace.responded(response, True)
         if self._responses is None:
             self._future.set_result(response)
         else:
@@ -175,6 +183,8 @@ class InferenceRequest:
             return False
         if self.response_hook is not None and response is not None and response.error is None:
             self.response_hook(response)
+        if self.trace is not None:
+            self.trace.responded(response, final)
         if self._responses is None:  # a decoupled model called for one response
             if response is not None and response.error is not None:
                 self._future.set_exception(response.error)
@@ -196,6 +206,8 @@ class InferenceRequest:
         """Fail the request with a typed error; ignored when the caller has gone."""
         if self._future is None or self._future.done():
             return
+        if self.trace is not None:
+            self.trace.responded(None, True)
         if self._responses is None:
             self._future.set_exception(error)
         else:

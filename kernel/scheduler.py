@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from . import trace_record as trace
 from .backend import ModelInstance
 from .errors import Internal, KernelError
 from .logsettings import VERBOSE, verbose_level
@@ -173,11 +174,22 @@ class InstancePool:
         if VERBOSE.level:
             log.log(verbose_level(), "model %s, executing %d requests", self.model_name, len(batch))
         started = time.perf_counter_ns()
+        traces = []
         for request in batch:
             self.statistics.queued(started - request.enqueued_ns)
+            if request.trace is not None:
+                traces.append(request.trace)
         called = time.perf_counter_ns()
-        if await execute_batch(instance, batch, self.model_name, self.decoupled):
+        if traces:
+            trace.compute_started(traces, len(batch) == 1)
+        returned = False
+        try:
+            returned = await execute_batch(instance, batch, self.model_name, self.decoupled)
+        finally:
             executed = time.perf_counter_ns()
+            if traces:
+                trace.computed(traces, started, called, executed)
+        if returned:
             self.statistics.executed(
                 len(batch),
                 sum(request_batch_size(r, self.batching) for r in batch),

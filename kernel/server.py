@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, final
 
 from . import __version__
@@ -25,6 +25,7 @@ from .poller import RepositoryPoller
 from .repository import RepositorySource
 from .request import InferenceRequest, InferenceResponse
 from .shared_memory import Attachment, SharedMemoryRegistry
+from .trace import TraceManager, read_trace_update
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +40,9 @@ EXTENSIONS = (
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "trace",
     "logging",
 )
-
-#: Triton's trace settings with tracing off (the only state this server offers).
-TRACE_SETTINGS = {
-    "trace_file": [""],
-    "trace_level": ["OFF"],
-    "trace_rate": ["1000"],
-    "trace_count": ["-1"],
-    "log_frequency": ["0"],
-    "trace_mode": ["triton"],
-}
 
 
 @final
@@ -66,6 +58,7 @@ class Server:
         "_plugins",
         "_poller",
         "_shared_memory",
+        "_trace",
         "options",
     )
 
@@ -81,6 +74,7 @@ class Server:
         self._live = False
         self._logs = LogSettings.from_options(self.options)
         self._shared_memory = SharedMemoryRegistry(self.options.allow_client_shm)
+        self._trace = TraceManager(self.options.trace_config)
 
     def _sources(self) -> list[RepositorySource]:
         sources = []
@@ -144,6 +138,10 @@ class Server:
         for backend in self._backends.loaded():
             await backend.finalize()
         self._shared_memory.close()
+        try:  # write the traces kept, flush the span exporter
+            await asyncio.wait_for(asyncio.to_thread(self._trace.close), grace)
+        except asyncio.TimeoutError:
+            log.warning("traces were not flushed within %.0f s", grace)
         self._live = False
 
     def _failed_models(self) -> list[str]:
@@ -305,18 +303,20 @@ class Server:
         """Whether a request may be traced now (frontends record their timestamps only then)."""
         return self._trace.active
 
-    def trace_settings(self, model: str, update: dict[str, list[str]]) -> dict[str, list[str]]:
-        """Triton's trace settings; tracing is off, and only "OFF" may be set."""
-        if model:
-            self._manager.get(model)
-        for key, values in update.items():
-            if key not in TRACE_SETTINGS:
-                raise InvalidArgument(f"unknown trace setting '{key}'")
-            if key == "trace_level" and any(v.upper() != "OFF" for v in values):
-                raise Unsupported(
-                    "tracing is not supported by this server: trace_level must be OFF"
-                )
-        return dict(TRACE_SETTINGS)
+    def trace_settings(
+        self, model: str = "", update: Mapping[str, Sequence[str] | None] | None = None
+    ) -> dict[str, list[str]]:
+        """Triton's trace settings of ``model`` (else the global ones), after ``update``.
+
+        ``update`` carries values as gRPC's TraceSetting does (a list of strings per
+        setting; None or empty clears it, so a model mirrors the global value again);
+        None only reads.
+        """
+        if model and not self.model_ready(model):
+            raise InvalidArgument(f"Request for unknown model : {model}")
+        if update is not None:
+            self._trace.update(model, read_trace_update(update))
+        return self._trace.settings(model)
 
     def log_settings(self, update: dict[str, Any]) -> dict[str, Any]:
         """Triton's log settings, changed live (process-wide): each key of ``update`` in
@@ -340,6 +340,8 @@ class Server:
                 f"model '{model.name}' is decoupled: its responses are streamed, use a "
                 "streaming call"
             )
+        if self._trace.active:
+            self._trace.sample(request, model)
         with self._shared_memory.attach(request, model.signature) as shared_memory:
             response = _finish(await model.infer(request), request, model)
             shared_memory.write_outputs(response)
@@ -353,6 +355,8 @@ class Server:
         (``final``). Closing the iterator early cancels the request.
         """
         model = self._manager.get(request.model_name, request.model_version)
+        if self._trace.active:
+            self._trace.sample(request, model)
         shared_memory = self._shared_memory.attach(request, model.signature)
         try:
             responses = self._finished(model.stream(request), request, model, shared_memory)

@@ -22,6 +22,7 @@ from grpclib.server import Stream
 from triton_kernel.kernel.errors import InvalidArgument, KernelError, Unsupported
 from triton_kernel.kernel.request import InferenceRequest
 from triton_kernel.kernel.server import Server
+from triton_kernel.kernel.trace_record import FrontendTrace
 from triton_kernel.protocols.proto.generated import inference as pb
 from triton_kernel.protocols.proto.generated.grpc.health import v1 as health
 
@@ -261,7 +262,8 @@ class InferenceService(pb.GrpcInferenceServiceBase):
     # --- trace and log settings ----------------------------------------------------------------
 
     async def trace_setting(self, message: pb.TraceSettingRequest) -> pb.TraceSettingResponse:
-        update = {key: list(value.value) for key, value in message.settings.items()}
+        # no settings: only a read (Triton updates nothing, not even the sampling counters)
+        update = {key: list(value.value) for key, value in message.settings.items()} or None
         settings = self.server.trace_settings(message.model_name, update)
         return pb.TraceSettingResponse(
             settings={
@@ -286,9 +288,13 @@ class InferenceService(pb.GrpcInferenceServiceBase):
 
     # --- inference -------------------------------------------------------------------------------
 
-    async def model_infer(self, message: Any, raw: list[Any] | None = None) -> bytes:
+    async def model_infer(
+        self, message: Any, raw: list[Any] | None = None, frontend: FrontendTrace | None = None
+    ) -> bytes:
         """One request, one response (the hot path: upb messages, raw contents as views)."""
         request, _ = codec.decode_infer_request(message, raw or [])
+        if frontend is not None:
+            frontend.received(request)
         model = self.server.model(request.model_name, request.model_version)
         if model.config.model_transaction_policy.decoupled:
             raise Unsupported(
@@ -298,6 +304,7 @@ class InferenceService(pb.GrpcInferenceServiceBase):
         return codec.encode_infer_response(response)
 
     async def _model_infer(self, stream: Stream) -> None:
+        frontend = FrontendTrace("GRPC", stream.metadata) if self.server.tracing else None
         data = await wire.recv_bytes(stream, self.max_message_size)
         if data is None:
             raise GRPCError(Status.INTERNAL, "the client sent no request message")
@@ -309,8 +316,16 @@ class InferenceService(pb.GrpcInferenceServiceBase):
             raise GRPCError(
                 Status.INTERNAL, f"failed to parse the request message: {exc}"
             ) from None
-        reply = await _serve_unary(lambda m: self.model_infer(m, raw), message)
-        await stream.send_message(reply)
+        reply = await _serve_unary(lambda m: self.model_infer(m, raw, frontend), message)
+        if frontend is None:
+            await stream.send_message(reply)
+            return
+        try:
+            frontend.sending()
+            await stream.send_message(reply)
+            frontend.sent()
+        finally:
+            frontend.finish()
 
     async def _model_stream_infer(self, stream: Stream) -> None:
         await InferStream(self, stream).serve()
@@ -368,10 +383,13 @@ class InferStream:
 
     async def _serve_one(self, data: bytes) -> None:
         request_id = ""
+        frontend = FrontendTrace("GRPC", self.stream.metadata) if self.server.tracing else None
         try:
             message, raw = codec.parse_infer_request(data)
             request_id = message.id
             request, empty_final = codec.decode_infer_request(message, raw)
+            if frontend is not None:
+                frontend.received(request)
             responses = self.server.infer_stream(request)
         except KernelError as exc:  # before execution: in-band always, with the id only
             await self._send(codec.encode_stream_error(exc.message, request_id))
@@ -387,10 +405,12 @@ class InferStream:
                 elif empty_final or not response.flag_only:
                     extra = {"triton_final_response": response.final}
                     inner = codec.encode_infer_response(response, extra)
-                    await self._send(codec.encode_stream_response(inner, ""))
+                    await self._send(codec.encode_stream_response(inner, ""), frontend)
         except KernelError as exc:
             await self._execution_error(exc, request, True)
         finally:
+            if frontend is not None:
+                frontend.finish()
             await responses.aclose()  # type: ignore[attr-defined]
 
     async def _execution_error(
@@ -408,9 +428,13 @@ class InferStream:
                 if task is not asyncio.current_task():
                     task.cancel()
 
-    async def _send(self, data: bytes) -> None:
+    async def _send(self, data: bytes, frontend: FrontendTrace | None = None) -> None:
         async with self.send_lock:
+            if frontend is not None:
+                frontend.sending()
             await self.stream.send_message(data)
+            if frontend is not None:
+                frontend.sent()
 
 
 async def _serve_unary(method: Callable[[Any], Awaitable[Any]], message: Any) -> Any:

@@ -13,10 +13,12 @@ from aiohttp import web
 from triton_kernel.kernel.errors import Internal, InvalidArgument, Unsupported
 from triton_kernel.kernel.request import InferenceRequest
 from triton_kernel.kernel.server import Server
+from triton_kernel.kernel.trace_record import FrontendTrace
 
 from . import generate as gen
 from .codec import decode_raw_request, decode_request, encode_response
 from .errors import error_response
+from .tracing import send_traced
 
 SERVER = web.AppKey("server", Server)
 MAX_INPUT_SIZE = web.AppKey("max_input_size", int)
@@ -84,6 +86,7 @@ async def model_statistics(request: web.Request) -> web.Response:
 
 async def infer(request: web.Request) -> web.StreamResponse:
     server = request.app[SERVER]
+    frontend = FrontendTrace("HTTP", request.headers) if server.tracing else None
     name, version = request.match_info["model"], _version(request)
     model = server.model(name, version)
     if model.config.model_transaction_policy.decoupled:
@@ -95,6 +98,8 @@ async def infer(request: web.Request) -> web.StreamResponse:
         inference, binary_default = decode_raw_request(name, version, body, model.signature), True
     else:
         inference, binary_default = decode_request(name, version, body, header_length)
+    if frontend is not None:
+        frontend.received(inference)
     response = await server.infer(inference, model)
     payload, json_length = encode_response(response, inference.outputs, binary_default)
     reply = web.Response(body=payload)
@@ -104,6 +109,8 @@ async def infer(request: web.Request) -> web.StreamResponse:
         reply.content_type = "application/octet-stream"
         reply.headers[HEADER_LENGTH] = str(json_length)
     reply.enable_compression()  # only when Accept-Encoding asks for gzip or deflate
+    if frontend is not None:
+        return await send_traced(request, reply, frontend)
     return reply
 
 

@@ -17,32 +17,78 @@ from triton_kernel.kernel.errors import (
     Unsupported,
 )
 from triton_kernel.kernel.logsettings import LOG_FORMATS, VERBOSE, verbose_level
+from triton_kernel.kernel.trace import read_trace_update
+from triton_kernel.kernel.trace_config import stoi
 
 from .handlers import SERVER, json_response
 
 
 async def trace_setting(request: web.Request) -> web.Response:
     """GET reads, POST changes: ``trace_level`` is a list, every other setting a string."""
-    update = await _body(request) if request.method == "POST" else {}
-    changes = {key: _trace_values(key, value) for key, value in update.items()}
+    server = request.app[SERVER]
     model = request.match_info.get("model", "")
-    settings = request.app[SERVER].trace_settings(model, changes)
+    update = None
+    if request.method == "POST":
+        server.trace_settings(model)  # Triton refuses an unknown model before reading the body
+        update = _trace_update(_trace_document(await request.read()))
+    settings = server.trace_settings(model, update)
     return json_response(
         {
-            key: values if key == "trace_level" else (values[0] if values else "")
+            key: values if key == "trace_level" else (values[-1] if values else "")
             for key, values in settings.items()
         }
     )
 
 
-def _trace_values(key: str, value: Any) -> list[str]:
-    if value is None:  # null clears a model's own setting
-        return []
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    if isinstance(value, str):
-        return [value]
-    raise InvalidArgument(f"expect the value of '{key}' to be a string or an array of strings")
+#: The settings a POST may change, in the order Triton reads (and refuses) them.
+_TRACE_KEYS = ("trace_level", "trace_rate", "trace_count", "log_frequency")
+
+
+def _trace_document(raw: bytes) -> dict[str, Any]:
+    """The POST body; anything but an object changes nothing, as in Triton."""
+    if not raw.strip():
+        raise Internal("failed to parse the request JSON buffer: The document is empty. at 0")
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Internal(f"failed to parse the request JSON buffer: {exc}") from None
+    return document if isinstance(document, dict) else {}
+
+
+def _trace_update(document: dict[str, Any]) -> dict[str, list[str] | None]:
+    """The body as the kernel takes it (a list of strings per setting, None to clear),
+    each setting checked as Triton reads it, so the first bad one is the one refused."""
+    if "trace_file" in document:
+        return {"trace_file": None}  # refused whatever its value
+    update: dict[str, list[str] | None] = {}
+    for key in _TRACE_KEYS:
+        if key in document:
+            update[key] = _trace_value(key, document[key])
+            read_trace_update({key: update[key]})
+    return update
+
+
+def _trace_value(key: str, value: Any) -> list[str] | None:
+    if value is None:  # null clears the setting (a model's then mirrors the global one)
+        return None
+    if key == "trace_level":
+        if not isinstance(value, list):
+            raise Internal("attempt to access JSON non-array as array")
+        values = value
+    else:
+        values = [value]
+    if not all(isinstance(v, str) for v in values):
+        raise Internal("attempt to access JSON non-string as string")
+    if key == "trace_count" and _below_minus_one(value):  # worded apart from gRPC's
+        raise InvalidArgument(f"Unable to parse 'trace_count'. Expecting value >= -1, got:{value}")
+    return values
+
+
+def _below_minus_one(text: str) -> bool:
+    try:
+        return stoi(text) < -1
+    except (ValueError, OverflowError):
+        return False  # the kernel words these
 
 
 async def logging_setting(request: web.Request) -> web.Response:
