@@ -20,6 +20,7 @@ from typing import Any
 from .errors import Unavailable
 from .request import InferenceRequest
 from .scheduler import InstancePool, request_batch_size
+from .statistics import FailureReason, mark_failure
 from .validation import request_prefix
 
 
@@ -143,7 +144,8 @@ class PriorityQueues:
                 return  # already delayed, or on its way to an instance
             level.delayed.append(request)
         elif level.remove(request):
-            request.fail(Unavailable("Request timeout expired"))
+            error = Unavailable("Request timeout expired")
+            request.fail(mark_failure(error, FailureReason.REJECTED))
 
     def in_order(self) -> Iterator[InferenceRequest]:
         for level in self.levels:
@@ -190,6 +192,10 @@ class DynamicBatcher:
             raise Unavailable(f"Request for unknown model: '{request.model_name}' is not ready")
         self._queues.push(request)
         self._arrived.set()
+
+    def pending(self) -> int:
+        """Requests waiting for an instance (``nv_inference_pending_request_count``)."""
+        return sum(1 for request in self._queues.in_order() if not request.done)
 
     async def _dispatch(self) -> None:
         while True:

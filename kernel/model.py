@@ -15,8 +15,8 @@ from .backend import BackendModel, InstanceSpec, ModelInstance
 from .cache import ResponseCache, request_key
 from .errors import InvalidArgument, KernelError, Unavailable
 from .request import InferenceRequest, InferenceResponse
-from .scheduler import Scheduler, create_scheduler
-from .statistics import ModelStatistics
+from .scheduler import Scheduler, create_scheduler, request_batch_size
+from .statistics import ModelStatistics, current_failure
 from .validation import Signature, validate_request
 from .warmup import WarmupTarget, warm_up
 
@@ -111,19 +111,28 @@ class ModelVersion:
                 return cached
         future = request.bind(asyncio.get_running_loop())
         self.in_flight += 1
-        ok = False
+        ok = queued = False
         try:
             scheduler.enqueue(request)
+            queued = True
             response = await future
             ok = True
             return response
         finally:
             self.in_flight -= 1
-            self.statistics.request_done(request.enqueued_ns, ok)
+            if queued:  # one a full queue refused is not counted, as in Triton
+                self._count(request, ok)
             if request.trace is not None:
                 request.trace.request_done(ok)
             if key:
                 self._cache_insert(key, lookup_ns, response if ok else None)
+
+    def _count(self, request: InferenceRequest, ok: bool, *, streamed: bool = False) -> None:
+        """Count a finished request (call it in a ``finally``: a failure's reason is the
+        exception being raised)."""
+        rows = request_batch_size(request, self.config.max_batch_size > 0) if ok else 1
+        reason = current_failure()
+        self.statistics.request_done(request.enqueued_ns, ok, rows, reason, streamed=streamed)
 
     def _cache_lookup(
         self, request: InferenceRequest
@@ -167,11 +176,9 @@ class ModelVersion:
             if cached is not None:
                 return _single(cached)
         responses = request.bind_stream(asyncio.get_running_loop())
-        try:
-            scheduler.enqueue(request)
-        except BaseException:
-            self.statistics.request_done(request.enqueued_ns, False)
-            raise
+        scheduler.enqueue(request)  # one a full queue refused is not counted, as in Triton
+        decoupled = self.config.model_transaction_policy.decoupled
+        responses = self.statistics.track_responses(responses, request.enqueued_ns, decoupled)
         return self._stream(request, responses, key, lookup_ns)
 
     async def _stream(
@@ -192,7 +199,7 @@ class ModelVersion:
             ok = True
         finally:
             self.in_flight -= 1
-            self.statistics.request_done(request.enqueued_ns, ok)
+            self._count(request, ok, streamed=True)
             if request.trace is not None:
                 request.trace.request_done(ok)
             if key:

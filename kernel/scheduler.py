@@ -210,10 +210,16 @@ class DirectScheduler:
     def __init__(self, model_name: str, pool: InstancePool) -> None:
         self._pool = pool
         self._queue: asyncio.Queue[InferenceRequest | None] = asyncio.Queue()
+        #: 1 while the dispatcher holds a request and waits for an instance.
+        self._holding = 0
         self._dispatcher = asyncio.create_task(self._dispatch(), name=f"{model_name}-dispatch")
 
     def enqueue(self, request: InferenceRequest) -> None:
         self._queue.put_nowait(request)
+
+    def pending(self) -> int:
+        """Requests waiting for an instance (``nv_inference_pending_request_count``)."""
+        return self._queue.qsize() + self._holding
 
     async def _dispatch(self) -> None:
         while True:
@@ -222,7 +228,9 @@ class DirectScheduler:
                 return
             if request.done:  # cancelled while queued: nothing to run
                 continue
+            self._holding = 1
             index = await self._pool.acquire()
+            self._holding = 0
             if not request.done:
                 self._pool.launch(index, [request])
 

@@ -17,6 +17,7 @@ from .config import config_to_json
 from .errors import Internal, InvalidArgument, KernelError, NotFound, Unavailable, Unsupported
 from .frontend import Frontend
 from .logsettings import LogSettings
+from .metrics import ServerMetrics
 from .model import ModelState, ModelVersion
 from .models import DUPLICATE_REASON, ModelManager, ModelOverride
 from .options import ServerOptions
@@ -55,6 +56,7 @@ class Server:
         "_live",
         "_logs",
         "_manager",
+        "_metrics",
         "_plugins",
         "_poller",
         "_shared_memory",
@@ -69,6 +71,7 @@ class Server:
             self._plugins, self.options.backend_directories, self.options.backend_config
         )
         self._manager = ModelManager(self._sources(), self._backends, self.options, self)
+        self._metrics = ServerMetrics(self._manager)
         self._frontends: list[Frontend] = []
         self._poller: RepositoryPoller | None = None
         self._live = False
@@ -254,27 +257,24 @@ class Server:
     # --- statistics, shared memory, trace and log settings ---------------------------
 
     def statistics(self, name: str = "", version: int = -1) -> list[dict[str, Any]]:
-        """Triton's ``model_stats``: every version of every model, or of ``name``."""
+        """Triton's ``model_stats``: every ready version of every model, or of ``name``."""
         if not name:
-            return [
-                v.statistics.to_dict(entry.name, v.version)
-                for entry in self._manager.entries()
-                for v in sorted(entry.versions.values(), key=lambda v: v.version)
-            ]
+            return [v.statistics.to_dict(v.name, v.version) for v in self._metrics.versions()]
         entry = self._manager.entry(name)
-        if entry is None:
+        ready = sorted(entry.ready_versions, key=lambda v: v.version) if entry else []
+        if not ready:
             raise InvalidArgument(f"requested model '{name}' is not available")
         if version >= 0:
-            found = entry.versions.get(version)
-            if found is None or not found.ready:
+            ready = [v for v in ready if v.version == version]
+            if not ready:
                 raise InvalidArgument(
                     f"requested model version is not available for model '{name}'"
                 )
-            return [found.statistics.to_dict(name, version)]
-        return [
-            v.statistics.to_dict(name, v.version)
-            for v in sorted(entry.ready_versions, key=lambda v: v.version)
-        ]
+        return [v.statistics.to_dict(name, v.version) for v in ready]
+
+    def metrics(self) -> ServerMetrics:
+        """What the metrics frontend reads: loaded versions and models' custom metrics."""
+        return self._metrics
 
     def shared_memory_status(self, kind: str, name: str = "") -> list[dict[str, Any]]:
         """Registered regions of ``kind`` ("system" or "cuda"), or the one named ``name``."""

@@ -33,7 +33,8 @@ class Worker:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.send_lock = threading.Lock()
+        #: Reentrant: a Metric freed by the garbage collector during a send releases itself.
+        self.send_lock = threading.RLock()
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.model_class: Any = None
         self.model: Any = None
@@ -45,6 +46,8 @@ class Worker:
         self.cancelled: set[int] = set()
         self.loop = asyncio.new_event_loop()
         self.bls = BlsClient(self.send)
+        self.metrics = MetricsClient(self.send)
+        pb_utils._set_metrics_channel(self.metrics)  # custom metrics work from the start
 
     def send(self, message: Any) -> None:
         with self.send_lock:
@@ -58,10 +61,14 @@ class Worker:
                 message = None
             if message is None:
                 self.bls.close()
+                self.metrics.close()
                 self.inbox.put(("exit",))
                 return
             if message[0] == "bls":  # straight to its caller, which may be blocked in execute
                 self.bls.deliver(*message[1:])
+                continue
+            if message[0] == "metric_reply":  # likewise
+                self.metrics.deliver(*message[1:])
                 continue
             if message[0] == "cancel":
                 self.cancelled.add(message[1])  # before the lookup: make_request checks after
@@ -110,6 +117,7 @@ class Worker:
 
     def on_initialize(self, call: int, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
+        self.metrics.label = args.get("model_instance_name", self.metrics.label)
         self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled"))
         try:
             self.model = self.model_class()
@@ -263,6 +271,53 @@ class BlsClient:
         for call in calls:
             error = pb_utils.TritonError("the server closed the worker's channel")
             call.put(pb_utils.InferenceResponse(error=error), True)
+
+
+class MetricsClient:
+    """The worker's end of custom metrics (``pb_utils.MetricFamily``): requests to the
+    server's registry, answered on the reader thread like BLS responses."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._calls: dict[int, list[Any]] = {}  # id -> [event, reply]
+        self._closed = False
+        self.label = ""
+
+    def call(self, op: str, *args: Any) -> tuple[str, Any]:
+        call_id, waiter = next(self._ids), [threading.Event(), None]
+        with self._lock:
+            if self._closed:
+                return ("error", "the server closed the worker's channel")
+            self._calls[call_id] = waiter
+        try:
+            self._send(("metric", call_id, op, args))
+        except BaseException:
+            with self._lock:
+                self._calls.pop(call_id, None)
+            raise
+        waiter[0].wait()
+        return waiter[1]
+
+    def post(self, op: str, *args: Any) -> None:
+        if not self._closed:
+            self._send(("metric", None, op, args))
+
+    def deliver(self, call_id: int, reply: tuple[str, Any]) -> None:
+        with self._lock:
+            waiter = self._calls.pop(call_id, None)
+        if waiter is not None:
+            waiter[1] = reply
+            waiter[0].set()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            waiters, self._calls = list(self._calls.values()), {}
+        for waiter in waiters:
+            waiter[1] = ("error", "the server closed the worker's channel")
+            waiter[0].set()
 
 
 def decode_response(result: Any) -> pb_utils.InferenceResponse:

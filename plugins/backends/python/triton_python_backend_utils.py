@@ -13,8 +13,10 @@ import logging
 import struct
 import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
+from enum import Enum
 from typing import Any, Protocol
 
 import numpy as np
@@ -609,6 +611,191 @@ class ModelConfig:
 
     def _has_config_file(self) -> bool:
         return bool(self._config.get("input") or self._config.get("output"))
+
+
+# --- custom metrics (pb_utils.MetricFamily) ----------------------------------------------
+
+
+class MetricKind(Enum):
+    """The kind of a ``MetricFamily`` (``MetricFamily.COUNTER``, ...)."""
+
+    COUNTER = 0
+    GAUGE = 1
+    HISTOGRAM = 2
+
+
+class MetricsChannel(Protocol):
+    """How a worker reaches the server's metric registry (installed by the worker)."""
+
+    #: The model instance's name, as Triton's error texts give it.
+    label: str
+
+    def call(self, op: str, *args: Any) -> tuple[str, Any]:
+        """Run ``op`` in the server: ``("ok", result)`` or ``("error", message)``."""
+
+    def post(self, op: str, *args: Any) -> None:
+        """Send ``op`` to the server without waiting (updates whose checks ran here)."""
+
+
+_metrics_channel: MetricsChannel | None = None
+
+
+def _set_metrics_channel(channel: MetricsChannel | None) -> None:
+    global _metrics_channel
+    _metrics_channel = channel
+
+
+def _metrics_call(what: str, op: str, *args: Any) -> Any:
+    """A round trip to the server's registry; its error as the stub reports one."""
+    if _metrics_channel is None:
+        raise TritonModelException(f"{what}: the server's metric registry is not reachable")
+    status, result = _metrics_channel.call(op, *args)
+    if status != "ok":
+        raise TritonModelException(f"{what}: {_metric_failure(result)}")
+    return result
+
+
+def _metric_failure(message: str) -> str:
+    label = _metrics_channel.label if _metrics_channel is not None else ""
+    return f"Failed to process the request for model '{label}', message: {message}"
+
+
+def _incompatible(call: str, signature: str, args: tuple[Any, ...]) -> TypeError:
+    """pybind11's error for arguments of the wrong type, as Triton's stub raises it."""
+    invoked = ", ".join(repr(arg) for arg in args)
+    return TypeError(
+        f"{call}: incompatible function arguments. The following argument types are "
+        f"supported:\n    1. {signature}\n\nInvoked with: {invoked}"
+    )
+
+
+class MetricFamily:
+    """A family of metrics a model reports on the server's ``/metrics``.
+
+    Families of the same name and kind are one family (across models and instances);
+    metrics of a family with the same labels are one metric.
+    """
+
+    COUNTER = MetricKind.COUNTER
+    GAUGE = MetricKind.GAUGE
+    HISTOGRAM = MetricKind.HISTOGRAM
+
+    def __init__(self, name: str, description: str, kind: MetricKind) -> None:
+        if not (isinstance(name, str) and isinstance(description, str)) or not isinstance(
+            kind, MetricKind
+        ):
+            given = f"name={name!r}, description={description!r}, kind={kind!r}"
+            raise TypeError(
+                "__init__(): incompatible constructor arguments. The following argument types "
+                "are supported:\n    1. c_python_backend_utils.MetricFamily(name: str, "
+                "description: str, kind: c_python_backend_utils.MetricKind)\n\n"
+                f"Invoked with: kwargs: {given}"
+            )
+        _metrics_call("Error when creating MetricFamily", "family", name, description, kind.name)
+        self._name = name
+        self._kind = kind
+        self._metrics: weakref.WeakSet[Metric] = weakref.WeakSet()
+
+    def Metric(  # Triton's name
+        self, labels: dict[str, str] | None = None, buckets: list[float] | None = None
+    ) -> Metric:
+        """The family's metric with these ``labels`` (a histogram needs its ``buckets``)."""
+        if labels is not None and not isinstance(labels, dict):
+            raise TritonModelException("Failed to create metric. Labels must be a dictionary.")
+        labels_json = json.dumps(labels)
+        if buckets is not None:
+            if not isinstance(buckets, list):
+                raise TritonModelException("Failed to create metric. Buckets must be a list.")
+            if self._kind is not MetricKind.HISTOGRAM:
+                raise TritonModelException("Failed to create metric. Unexpected buckets found.")
+            buckets = [float(bound) for bound in buckets]
+        elif self._kind is MetricKind.HISTOGRAM:
+            raise TritonModelException("Failed to create metric. Missing required buckets.")
+        handle = _metrics_call(
+            "Error when creating Metric", "metric", self._name, labels_json, buckets
+        )
+        metric = Metric(handle, self._kind)
+        self._metrics.add(metric)
+        return metric
+
+    def __del__(self) -> None:
+        # Triton: a family's metrics die with it; using one later is an error
+        for metric in list(getattr(self, "_metrics", ())):
+            metric._clear()
+
+
+class Metric:
+    """One labelled metric of a ``MetricFamily`` (made by ``MetricFamily.Metric``)."""
+
+    def __init__(self, handle: int, kind: MetricKind) -> None:
+        self._handle = handle
+        self._kind = kind
+        self._cleared = False
+
+    def increment(self, value: float) -> None:
+        value = self._number("increment", value)
+        if self._kind is MetricKind.HISTOGRAM:
+            self._refuse(
+                "increment", "TRITONSERVER_METRIC_KIND_HISTOGRAM does not support Increment"
+            )
+        if self._kind is MetricKind.COUNTER and value < 0.0:
+            self._refuse(
+                "increment",
+                "TRITONSERVER_METRIC_KIND_COUNTER can only be incremented monotonically by "
+                "non-negative values.",
+            )
+        self._post("increment", value)
+
+    def set(self, value: float) -> None:
+        value = self._number("set", value)
+        if self._kind is not MetricKind.GAUGE:
+            self._refuse("set", f"TRITONSERVER_METRIC_KIND_{self._kind.name} does not support Set")
+        self._post("set", value)
+
+    def observe(self, value: float) -> None:
+        value = self._number("observe", value)
+        if self._kind is not MetricKind.HISTOGRAM:
+            kind = self._kind.name
+            self._refuse("observe", f"TRITONSERVER_METRIC_KIND_{kind} does not support Observe")
+        self._post("observe", value)
+
+    def value(self) -> float:
+        self._check_cleared("Failed to get metric value")
+        return float(_metrics_call("Failed to get metric value", "value", self._handle))
+
+    def _number(self, method: str, value: Any) -> float:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
+            signature = "(self: c_python_backend_utils.Metric, arg0: float) -> None"
+            raise _incompatible(f"{method}()", signature, (self, value))
+        return float(value)
+
+    def _refuse(self, method: str, message: str) -> None:
+        raise TritonModelException(f"Failed to {method} metric value: {_metric_failure(message)}")
+
+    def _post(self, op: str, value: float) -> None:
+        self._check_cleared(f"Failed to {op} metric value")
+        if _metrics_channel is not None:
+            _metrics_channel.post(op, self._handle, value)
+
+    def _check_cleared(self, what: str) -> None:
+        if self._cleared:
+            raise TritonModelException(
+                f"{what}: Invalid metric operation as the corresponding 'MetricFamily' has been "
+                "deleted. The 'MetricFamily' object should be deleted AFTER its corresponding "
+                "'Metric' objects have been deleted."
+            )
+
+    def _clear(self) -> None:
+        if not self._cleared:
+            self._cleared = True
+            if _metrics_channel is not None:
+                try:
+                    _metrics_channel.post("release", self._handle)
+                except Exception:  # the server (or the interpreter) is going: so is the metric
+                    pass
+
+    def __del__(self) -> None:
+        self._clear()
 
 
 # --- logging ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 
 from triton_kernel.kernel.datatypes import datatype_of
 from triton_kernel.kernel.errors import Internal, KernelError, Unavailable
+from triton_kernel.kernel.metrics import MetricKind
 from triton_kernel.kernel.request import InferenceRequest, InferenceResponse
 from triton_kernel.kernel.tensor import Tensor
 
@@ -119,6 +120,8 @@ class WorkerProcess:
             self._on_infer(message[1], message[2], message[3])
         elif kind == "log":
             _model_log(*message[1:])
+        elif kind == "metric":
+            self._on_metric(message[1], message[2], message[3])
         elif kind == "bls_cancel":
             task = self._bls.get(message[1])
             if task is not None:
@@ -181,6 +184,20 @@ class WorkerProcess:
             except Unavailable:
                 pass  # the worker is gone: nobody waits for the answer
 
+    def _on_metric(self, call: int | None, op: str, args: tuple[Any, ...]) -> None:
+        """A custom-metric request of the model; ``call`` None: no reply is awaited."""
+        try:
+            reply: tuple[str, Any] = ("ok", _metric_operation(self, op, args))
+        except KernelError as exc:
+            reply = ("error", exc.message)
+        except Exception as exc:  # a malformed request: answer it, or the model waits forever
+            log.exception("metric request %s of '%s' failed", op, self.label)
+            reply = ("error", f"metric request '{op}' failed: {exc}")
+        if call is not None:
+            self._send(("metric_reply", call, reply))
+        elif reply[0] == "error":  # the worker checked it first: a bug if it fails here
+            log.warning("metric %s of '%s' failed: %s", op, self.label, reply[1])
+
     def _forget_answered(self) -> None:
         """Drop the requests that are done (answered, failed or abandoned by their caller)."""
         for key in [key for key, request in self._open.items() if request.done]:
@@ -202,6 +219,8 @@ class WorkerProcess:
         self._open.clear()
         for task in self._bls.values():
             task.cancel()
+        if self.server is not None:  # its custom metrics go with it, as in Triton
+            self.server.metrics().custom.release_owner(self)
         _resolve(self.closed, None)
 
     # --- stopping ------------------------------------------------------------------------------
@@ -255,6 +274,24 @@ def _model_log(level: int, message: str, path: str, line: int) -> None:
     if _MODEL_LOG.isEnabledFor(level):
         record = _MODEL_LOG.makeRecord(_MODEL_LOG.name, level, path, line, message, (), None)
         _MODEL_LOG.handle(record)
+
+
+def _metric_operation(worker: WorkerProcess, op: str, args: tuple[Any, ...]) -> Any:
+    """Apply one ``pb_utils.MetricFamily``/``Metric`` request to the server's registry."""
+    if worker.server is None:
+        raise Unavailable("custom metrics need the server's metric registry")
+    registry = worker.server.metrics().custom
+    if op == "family":
+        name, description, kind = args
+        return registry.create_family(name, description, MetricKind[kind])
+    if op == "metric":
+        family, labels_json, buckets = args
+        return registry.create_metric(worker, family, labels_json, buckets)
+    if op == "release":
+        return registry.release(args[0], worker)
+    if op in ("increment", "set", "observe", "value"):
+        return getattr(registry, op)(*args)
+    raise Internal(f"unknown metric request '{op}'")
 
 
 def _resolve(future: asyncio.Future[Any] | None, value: Any) -> None:
