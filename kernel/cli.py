@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--id", default="triton")
     for protocol, port in (("http", 8000), ("grpc", 8001), ("metrics", 8002)):
         _flag(serve, f"--allow-{protocol}", default=True)
-        add(f"--{protocol}-address", default="0.0.0.0")
+        add(f"--{protocol}-address", default=None if protocol == "metrics" else "0.0.0.0")
         add(f"--{protocol}-port", type=_port, default=port)
     add("--http-max-input-size", type=_non_negative, default=64 * 1024 * 1024)
     add("--grpc-max-message-size", type=_non_negative, default=2**31 - 1)
@@ -208,7 +208,8 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         grpc_keepalive_permit_without_calls=args.grpc_keepalive_permit_without_calls,
         grpc_http2_max_pings_without_data=args.grpc_http2_max_pings_without_data,
         allow_metrics=args.allow_metrics,
-        metrics_address=args.metrics_address,
+        # tritonserver serves metrics on the HTTP address unless told otherwise
+        metrics_address=args.metrics_address or args.http_address,
         metrics_port=args.metrics_port,
         metrics_interval_ms=args.metrics_interval_ms,
         allow_cpu_metrics=args.allow_cpu_metrics,

@@ -136,12 +136,17 @@ def model_version(text: str) -> int:
     if not text:
         return -1
     try:
-        return int(text)
+        version = int(text)
     except ValueError:
         raise InvalidArgument(
             f"failed to get model version from specified version string '{text}' "
             "(details: stol), version should be an integral value > 0"
         ) from None
+    if version < 0:
+        raise InvalidArgument(
+            f"invalid model version specified '{text}' , version should be an integral value > 0"
+        )
+    return version
 
 
 def decode_infer_request(message: Any, raw: list[Any]) -> tuple[InferenceRequest, bool]:
