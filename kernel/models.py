@@ -247,14 +247,6 @@ class ModelManager:
             del found[name]
         return found, duplicates
 
-    def discover(self) -> dict[str, tuple[Path, Path]]:
-        """Model name -> (model dir, repository) across all repositories."""
-        found, duplicates = self.scan()
-        if duplicates:
-            name = min(duplicates)
-            raise InvalidArgument(f"model '{name}' appears in multiple repositories")
-        return found
-
     # --- lookups (hot path) ---------------------------------------------------
 
     def get(self, name: str, version: int = -1) -> ModelVersion:
@@ -287,8 +279,16 @@ class ModelManager:
     # --- lifecycle ------------------------------------------------------------
 
     async def load_all(self, names: list[str] | None = None) -> None:
-        """Load ``names`` (all discovered models when None) and the models their ensembles use."""
-        found = self.discover()
+        """Load ``names`` (all discovered models when None) and the models their ensembles use.
+
+        A model found in several repositories loads from none (Triton): it is recorded
+        as failed with Triton's reason.
+        """
+        found, duplicates = self.scan()
+        for name in sorted(duplicates if names is None else ()):
+            log.error("failed to poll model '%s': not unique across all model repositories", name)
+            entry = self._models.setdefault(name, ModelEntry(name, Path(), Path()))
+            entry.reason = DUPLICATE_REASON
         wanted = sorted(found) if names is None else names
         for name in wanted:
             if name not in found:
@@ -308,7 +308,7 @@ class ModelManager:
         the loaded ensembles that use the model reload after it, checked against it anew.
         A model whose files did not change since it loaded is left as it is (Triton).
         """
-        found = self.discover()
+        found, _ = self.scan()
         if location is None:
             location = found.get(name)
         if override is not None and override.model_dir is not None:
@@ -469,7 +469,7 @@ class ModelManager:
         and unload it; its index record (if it left the served set) ends ``unloaded``."""
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), RETIRE_GRACE_S)
-        await asyncio.gather(*(version.finalize() for version, _ in retired))
+        await asyncio.gather(*(self._finalize(version) for version, _ in retired))
         for _, record in retired:
             if record is not None:
                 record.state, record.reason = ModelState.UNAVAILABLE, "unloaded"
@@ -532,8 +532,16 @@ class ModelManager:
     async def _unload_versions(self, entry: ModelEntry) -> None:
         versions = list(entry.versions.values())
         await asyncio.gather(
-            *(v.finalize() for v in versions if v.state is not ModelState.UNAVAILABLE)
+            *(self._finalize(v) for v in versions if v.state is not ModelState.UNAVAILABLE)
         )
+
+    @staticmethod
+    async def _finalize(version: ModelVersion) -> None:
+        """Drain and unload one version that served (Triton logs each unload)."""
+        was_ready = version.ready
+        await version.finalize()
+        if was_ready:
+            log.info("successfully unloaded '%s' version %d", version.name, version.version)
 
     def _prepare(
         self,

@@ -208,7 +208,9 @@ async def repository_index(request: web.Request) -> web.Response:
             document = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise InvalidArgument(f"failed to parse the request JSON buffer: {exc}") from None
-        ready = bool(document.get("ready", False)) if isinstance(document, dict) else False
+        ready = document.get("ready", False) if isinstance(document, dict) else False
+        if not isinstance(ready, bool):
+            raise InvalidArgument("attempt to access JSON non-boolean as boolean")
     return json_response(request.app[SERVER].repository_index(ready))
 
 

@@ -25,6 +25,10 @@ import tritonclient.http.aio as httpaio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from triton_kernel.kernel.errors import Unavailable
+from triton_kernel.kernel.options import ServerOptions
+from triton_kernel.kernel.server import Server
+
 from .conftest import RunningServer, start_server
 
 #: A Python model answering ``OUT = IN * FACTOR``, with test hooks in its parameters:
@@ -757,3 +761,71 @@ def test_models_load_concurrently_up_to_the_thread_count(tmp_path: Path, threads
         assert max(peaks) == threads, peaks
     finally:
         assert server.stop() == 0, server.log()
+
+
+# --- the in-process API, duplicates, the index request ----------------------------------------
+
+
+def test_in_process_poll_with_the_periodic_scan_off(tmp_path: Path) -> None:
+    """``Server.poll_repository()`` (Triton's ServerPollModelRepository) applies one scan."""
+    repo = tmp_path / "repo"
+    write_controlled(repo, "scaled")
+    options = ServerOptions(
+        model_repositories=[str(repo)], model_control_mode="poll", repository_poll_secs=0
+    )
+
+    async def scenario() -> None:
+        server = Server(options)
+        await server.start(frontends=False)
+        try:
+            write_controlled(repo, "arrived", {1: 3.0})
+            assert not server.model_ready("arrived")
+            await server.poll_repository()
+            assert server.model_ready("arrived")
+            shutil.rmtree(repo / "scaled")
+            await server.poll_repository()
+            assert not server.model_ready("scaled")
+        finally:
+            await server.stop()
+        explicit = Server(ServerOptions(model_repositories=[str(repo)], model_control_mode="none"))
+        with pytest.raises(Unavailable, match="polling is disabled"):
+            await explicit.poll_repository()
+
+    asyncio.run(scenario())
+
+
+def test_a_model_in_two_repositories_loads_from_neither(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_controlled(first, "twin")
+    write_controlled(second, "twin")
+    write_controlled(second, "single")
+    server = start_server(
+        first, f"--model-repository={second}", "--exit-on-error=false", log_path=tmp_path / "log"
+    )
+    try:
+        with server.client() as client, grpcclient.InferenceServerClient(server.grpc_url) as g:
+            wait_for(lambda: client.is_model_ready("single"), "the other model")
+            twin = {
+                "name": "twin",
+                "state": "UNAVAILABLE",
+                "reason": "model appears in two or more repositories",
+            }
+            assert rows(client, "twin") == [twin]
+            assert twin in g.get_model_repository_index(as_json=True)["models"]
+            assert not client.is_model_ready("twin")
+            assert not client.is_server_ready()  # strict readiness: a model failed
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_index_request_body(explicit: RunningServer) -> None:
+    url = f"http://{explicit.url}/v2/repository/index"
+    everything = requests.post(url).json()
+    assert requests.post(url, json={"ready": False}).json() == everything
+    assert "whole" in {row["name"] for row in everything}
+    reply = requests.post(url, json={"ready": "yes"})
+    assert reply.status_code == 400
+    assert reply.json() == {"error": "attempt to access JSON non-boolean as boolean"}
+    reply = requests.post(url, data=b"{")
+    assert reply.status_code == 400
+    assert reply.json()["error"].startswith("failed to parse the request JSON buffer")
