@@ -658,7 +658,11 @@ def test_session_parameters_are_accepted(tmp_path: Path) -> None:
         'parameters { key: "intra_op_thread_count" value: { string_value: "many" } }'
     )
     add_model(repo, "bad_threads", build_models.mlp_model(), bad)
-    flags = ["--backend-config=onnxruntime,intra_op_thread_count=1", "--exit-on-error=false"]
+    flags = [
+        "--backend-config=onnxruntime,intra_op_thread_count=1",
+        "--backend-config=onnxruntime,inline-execution-us=0",  # every run on its thread
+        "--exit-on-error=false",
+    ]
     server = start_server(repo, *flags, log_path=tmp_path / "log")
     try:
         _wait_ready(server, "tuned")
@@ -685,10 +689,14 @@ def test_server_start_does_not_import_onnxruntime(tmp_path: Path) -> None:
         assert server.stop() == 0, server.log()
 
 
+_BUILT = shutil.ignore_patterns("*.onnx", "__pycache__")
+
+
 def test_example_repository_runs_with_its_client(tmp_path: Path) -> None:
     """examples/frameworks: build the models, serve them, run the client script."""
     repo = tmp_path / "frameworks"
-    shutil.copytree(FRAMEWORKS / "models", repo, ignore=shutil.ignore_patterns("*.onnx"))
+    for name in ("mlp_onnx", "preprocess", "mlp_ensemble"):  # the ONNX part of the examples
+        shutil.copytree(FRAMEWORKS / "models" / name, repo / name, ignore=_BUILT)
     build_models.build(repo)
     server = start_server(repo, log_path=tmp_path / "log")
     try:

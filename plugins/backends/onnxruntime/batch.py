@@ -101,31 +101,32 @@ def feeds(plan: Plan, requests: Sequence[InferenceRequest]) -> tuple[dict[str, A
     if len(requests) == 1:
         request = requests[0]
         fed = {n: inputs[n].prepare(t.data, plan.batching) for n, t in request.inputs.items()}
-        return fed, [_rows(request, plan.batching)]
-    rows = [_rows(request, True) for request in requests]
+        return fed, [rows(request, plan.batching)]
+    counts = [rows(request, True) for request in requests]
     fed = {}
     for name in requests[0].inputs:
         arrays = [request.inputs[name].data for request in requests]
         fed[name] = inputs[name].prepare(np.concatenate(arrays), True)
-    return fed, rows
+    return fed, counts
 
 
-def _rows(request: InferenceRequest, batching: bool) -> int:
+def rows(request: InferenceRequest, batching: bool) -> int:
+    """The batch rows ``request`` brings: its first dimension (1 for a non-batching model)."""
     if not batching:
         return 1
     first = next(iter(request.inputs.values()), None)
     return first.data.shape[0] if first is not None else 0
 
 
-def responses(plan: Plan, arrays: Sequence[np.ndarray], rows: list[int]) -> list[list[Tensor]]:
-    """Each request's output tensors: views of the batch's outputs, ``rows`` by ``rows``."""
+def responses(plan: Plan, arrays: Sequence[np.ndarray], counts: list[int]) -> list[list[Tensor]]:
+    """Each request's output tensors: views of the batch's outputs, ``counts`` rows each."""
     ports = plan.outputs
     finished = [
         port.finish(array, plan.batching) for port, array in zip(ports, arrays, strict=True)
     ]
-    if len(rows) == 1:
+    if len(counts) == 1:
         return [[Tensor(p.name, p.datatype, a) for p, a in zip(ports, finished, strict=True)]]
-    total = sum(rows)
+    total = sum(counts)
     for port, array in zip(ports, finished, strict=True):
         if not array.ndim or array.shape[0] != total:
             raise Internal(
@@ -133,7 +134,7 @@ def responses(plan: Plan, arrays: Sequence[np.ndarray], rows: list[int]) -> list
                 f"not the batch of {total} the model was given"
             )
     answers, start = [], 0
-    for count in rows:
+    for count in counts:
         end = start + count
         answers.append(
             [Tensor(p.name, p.datatype, a[start:end]) for p, a in zip(ports, finished, strict=True)]

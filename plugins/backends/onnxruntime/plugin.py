@@ -2,16 +2,19 @@
 
 One ``InferenceSession`` per instance, each run on the instance's own thread: ONNX
 Runtime releases the GIL while it computes, so N instances compute in parallel in
-one process. ``onnxruntime`` is imported when the first ONNX model loads, never at
-server start.
+one process (a single instance's short runs stay on the event loop: see
+``OnnxInstance``). ``onnxruntime`` is imported when the first ONNX model loads, never
+at server start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +36,11 @@ DEFAULT_FILENAME = "model.onnx"
 #: ``--backend-config=default-max-batch-size`` (Triton's default).
 DEFAULT_MAX_BATCH_SIZE = 4
 _ORT_ERROR = re.compile(r"\[ONNXRuntimeError\] : (\d+) : \w+ : (.*)", re.DOTALL)
+#: ``--backend-config=onnxruntime,inline-execution-us=N``: runs expected to be shorter
+#: stay on the event loop (0: every run goes to the instance's thread).
+DEFAULT_INLINE_US = 100
+#: Weight of the newest run in an instance's moving average of run durations.
+_SMOOTHING = 0.2
 #: Sessions with the OpenVINO provider are created one at a time (as Triton does).
 _SERIAL_CREATE = threading.Lock()
 
@@ -68,7 +76,10 @@ class OnnxRuntimeBackend:
         _refuse_bf16(config)
         scalars = validate(config, graph)
         plan = batch.Plan.of(config, graph, scalars)
-        return OnnxModel(ort, config, path, session_options, plan, probe)
+        inline_us = options.parse_int(
+            self.settings.get("inline-execution-us", str(DEFAULT_INLINE_US))
+        )
+        return OnnxModel(ort, config, path, session_options, plan, probe, inline_us * 1000)
 
     async def _onnxruntime(self, model: str) -> Any:
         """``import onnxruntime`` on first use (it takes a while: off the event loop)."""
@@ -122,7 +133,7 @@ def _refuse_bf16(config: Any) -> None:
 
 def create_session(ort: Any, path: Path, session_options: Any, providers: options.Providers) -> Any:
     """An ``InferenceSession``; ONNX Runtime's failures read as Triton reports them."""
-    lock = _SERIAL_CREATE if providers.serialize else _NO_LOCK
+    lock = _SERIAL_CREATE if providers.serialize else contextlib.nullcontext()
     try:
         with lock:
             return ort.InferenceSession(
@@ -133,17 +144,6 @@ def create_session(ort: Any, path: Path, session_options: Any, providers: option
             )
     except Exception as exc:
         raise ort_error(exc) from None
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
-
-
-_NO_LOCK = _NoLock()
 
 
 def ort_error(exc: BaseException) -> KernelError:
@@ -165,6 +165,7 @@ class OnnxModel:
         session_options: Any,
         plan: batch.Plan,
         probe: Any,
+        inline_ns: int = DEFAULT_INLINE_US * 1000,
     ) -> None:
         self.config = config
         self.ort = ort
@@ -172,6 +173,10 @@ class OnnxModel:
         self.session_options = session_options
         self.plan = plan
         self.run_options = options.run_options(ort, config)
+        if _instance_count(config) > 1:
+            inline_ns = 0  # the instances were asked for to run side by side: threads
+        #: Runs expected to take less than this many ns stay on the event loop.
+        self.inline_ns = inline_ns
         #: The session made to read the graph: the first plain CPU instance adopts it.
         self._spare: Any = probe if _has_plain_cpu_group(config) else None
 
@@ -195,6 +200,10 @@ class OnnxModel:
         self._spare = None
 
 
+def _instance_count(config: Any) -> int:
+    return sum(group.count * max(len(group.gpus), 1) for group in config.instance_group)
+
+
 def _has_plain_cpu_group(config: Any) -> bool:
     """Whether some instance will run on the CPU provider alone (and can adopt the probe)."""
     if config.optimization.execution_accelerators.cpu_execution_accelerator:
@@ -203,25 +212,43 @@ def _has_plain_cpu_group(config: Any) -> bool:
 
 
 class OnnxInstance:
-    """One instance: its session and the thread its runs happen on."""
+    """One instance: its session and the thread its runs happen on.
+
+    When the model has a single instance, a run it expects to be shorter than
+    ``inline-execution-us`` (backend config, default 100 us) runs on the event loop
+    itself: the trip to the thread and back costs two thread wake-ups, more than such a
+    run. The estimate is a moving average of the instance's own runs, per batch row;
+    the first runs go to the thread.
+    """
 
     def __init__(self, model: OnnxModel, spec: InstanceSpec, session: Any) -> None:
         self.model = model
         self.spec = spec
         self.session = session
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{spec.name}")
+        #: Moving average of a run's duration per batch row (0: not measured yet).
+        self._ns_per_row = 0.0
+        self._inline_ns = model.inline_ns
 
     async def execute(self, requests: Sequence[InferenceRequest]) -> None:
         live = [request for request in requests if not request.done]
         if not live:
             return
-        loop = asyncio.get_running_loop()
-        answers = await loop.run_in_executor(self._executor, self._run, live)
+        if self._expected_ns(live) < self._inline_ns:
+            answers = self._run(live)
+        else:
+            loop = asyncio.get_running_loop()
+            answers = await loop.run_in_executor(self._executor, self._run, live)
         for request, answer in zip(live, answers, strict=True):
             if isinstance(answer, KernelError):
                 request.fail(answer)
             else:
                 request.respond(InferenceResponse(request.model_name, "", outputs=answer))
+
+    def _expected_ns(self, requests: list[InferenceRequest]) -> float:
+        if not self._ns_per_row:
+            return float("inf")
+        return self._ns_per_row * sum(batch.rows(r, self.model.plan.batching) for r in requests)
 
     def _run(self, requests: list[InferenceRequest]) -> list[Any]:
         """On the instance's thread: one run for a batching model, one per request otherwise."""
@@ -236,10 +263,14 @@ class OnnxInstance:
             fed, rows = batch.feeds(plan, requests)
         except KernelError as exc:
             return [exc] * len(requests)
+        started = time.perf_counter_ns()
         try:
             arrays = self.session.run(plan.output_names, fed, self.model.run_options)
         except Exception as exc:
             return [ort_error(exc)] * len(requests)
+        per_row = (time.perf_counter_ns() - started) / max(sum(rows), 1)
+        previous = self._ns_per_row or per_row
+        self._ns_per_row = previous + (per_row - previous) * _SMOOTHING
         try:
             return batch.responses(plan, arrays, rows)
         except KernelError as exc:
