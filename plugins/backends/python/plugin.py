@@ -18,6 +18,7 @@ from triton_kernel.kernel.hookspecs import hookimpl
 from triton_kernel.kernel.request import InferenceRequest
 
 from .worker import WorkerProcess
+from .zygote import WorkerTemplate
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class PythonBackend:
 
     def __init__(self, settings: dict[str, str]) -> None:
         self.settings = settings
+        #: Workers fork from a warm template unless ``--backend-config=python,fork-workers=false``.
+        fork = settings.get("fork-workers", "true").strip().lower() not in ("false", "0", "no")
+        self.template = WorkerTemplate() if fork else None
 
     async def load_model(self, context: ModelContext) -> PythonModel:
         filename = context.config.default_model_filename or "model.py"
@@ -46,7 +50,7 @@ class PythonBackend:
                 f"version {context.version}"
             )
         worker = await WorkerProcess.spawn(
-            f"{context.name}_{context.version}", context.version_dir, context.server
+            f"{context.name}_{context.version}", context.version_dir, context.server, self.template
         )
         try:
             await worker.call("load", str(model_path))
@@ -56,10 +60,11 @@ class PythonBackend:
         except BaseException:
             await worker.kill(0)
             raise
-        return PythonModel(context, config, model_path, worker)
+        return PythonModel(context, config, model_path, worker, self.template)
 
     async def finalize(self) -> None:
-        return None
+        if self.template is not None:  # after every model: its workers are its children
+            await self.template.stop()
 
 
 async def _auto_complete(worker: WorkerProcess, config: Any) -> Any:
@@ -77,12 +82,19 @@ class PythonModel:
     """A loaded ``model.py``; the worker used for auto-complete becomes the first instance."""
 
     def __init__(
-        self, context: ModelContext, config: Any, model_path: Any, worker: WorkerProcess
+        self,
+        context: ModelContext,
+        config: Any,
+        model_path: Any,
+        worker: WorkerProcess,
+        template: WorkerTemplate | None = None,
     ) -> None:
         self.context = context
         self.config = config
         self.model_path = model_path
         self._spare: WorkerProcess | None = worker
+        #: Where the other instances' workers (and restarted ones) fork from.
+        self.template = template
 
     async def create_instance(self, spec: InstanceSpec) -> PythonInstance:
         worker, self._spare = self._spare, None
@@ -129,7 +141,9 @@ class PythonInstance:
         """Spawn (or adopt) a worker, load the model in it and call ``initialize``."""
         if worker is None:
             context = self.model.context
-            worker = await WorkerProcess.spawn(self.spec.name, context.version_dir, context.server)
+            worker = await WorkerProcess.spawn(
+                self.spec.name, context.version_dir, context.server, self.model.template
+            )
             try:
                 await worker.call("load", str(self.model.model_path))
             except BaseException:

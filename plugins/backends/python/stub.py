@@ -1,6 +1,7 @@
 """The worker process of one Python-model instance (Triton's "stub").
 
-Started by the server as ``python stub.py <fd>`` with its end of a socket pair. One
+Started by the server as ``python stub.py <fd> <dir>`` with its end of a socket pair, or
+forked from the warm worker template (``zygote.py``), which calls ``serve``. One
 reader thread takes messages off the socket (so a cancellation, or the answer to a
 BLS request, arrives while ``execute`` runs); the main thread loads the model and
 executes batches in order.
@@ -387,14 +388,20 @@ def _die_with_parent() -> None:
 
 
 def main() -> None:
+    serve(int(sys.argv[1]), sys.argv[2])
+
+
+def serve(fd: int, model_dir: str) -> None:
+    """Be the worker on socket ``fd``: from ``main`` (a fresh interpreter) or in a child
+    forked by the worker template (``zygote.py``), which imported this module already."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when a worker stops
     _die_with_parent()
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(levelname).1s %(name)s] %(message)s"
     )
-    sock = socket.socket(fileno=int(sys.argv[1]))
+    sock = socket.socket(fileno=fd)
     sock.setblocking(True)
-    sys.path.insert(0, str(Path(sys.argv[2]).resolve()))  # the model's own modules
+    sys.path.insert(0, str(Path(model_dir).resolve()))  # the model's own modules
     worker = Worker(sock)
     model_log = logging.getLogger("triton_python_backend")  # pb_utils.Logger
     model_log.addHandler(ServerLog(worker.send))

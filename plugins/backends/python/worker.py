@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from triton_kernel.kernel.request import InferenceRequest, InferenceResponse
 from triton_kernel.kernel.tensor import Tensor
 
 from . import bls, ipc
+from .zygote import WorkerTemplate
 
 log = logging.getLogger(__name__)
 #: Where the lines of Python models go (``kernel.logsettings`` gates its verbose lines).
@@ -47,20 +49,20 @@ class WorkerProcess:
         self.closed = asyncio.get_running_loop().create_future()
 
     @classmethod
-    async def spawn(cls, label: str, version_dir: Path, server: Any = None) -> WorkerProcess:
+    async def spawn(
+        cls,
+        label: str,
+        version_dir: Path,
+        server: Any = None,
+        template: WorkerTemplate | None = None,
+    ) -> WorkerProcess:
+        """Start a worker: forked from ``template`` when given, else a fresh interpreter."""
         server_end, worker_end = ipc.socket_pair()
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(STUB),
-                str(worker_end.fileno()),
-                str(version_dir),
-                pass_fds=(worker_end.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
-        except OSError as exc:
+            process = await _start_process(label, version_dir, worker_end, template)
+        except BaseException:
             server_end.close()
-            raise Unavailable(f"unable to start the Python worker for '{label}': {exc}") from None
+            raise
         finally:
             worker_end.close()
         worker = cls(label, process, server)
@@ -244,6 +246,25 @@ class WorkerProcess:
             except asyncio.TimeoutError:
                 self.process.kill()
                 await self.process.wait()
+
+
+async def _start_process(
+    label: str, version_dir: Path, worker_end: socket.socket, template: WorkerTemplate | None
+) -> Any:
+    """The worker's process (the caller closes ``worker_end`` afterwards)."""
+    if template is not None:
+        return await template.fork(worker_end, version_dir, label)
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(STUB),
+            str(worker_end.fileno()),
+            str(version_dir),
+            pass_fds=(worker_end.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+    except OSError as exc:
+        raise Unavailable(f"unable to start the Python worker for '{label}': {exc}") from None
 
 
 def deliver(request: InferenceRequest, result: Any) -> None:
