@@ -104,6 +104,65 @@ def reduce_graph() -> object:
     return _model(graph)
 
 
+def doubler_graph() -> object:
+    """X [batch] -> Y = 2 X [batch]: one scalar per batch row (Triton: dims [1], reshape [])."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["X", "X"], ["Y"])],
+        "doubler",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch"])],
+    )
+    return _model(graph)
+
+
+def accumulator_graph() -> object:
+    """A sequence model: STATE_OUT = STATE_IN * (1 - START) + INPUT; OUTPUT = STATE_OUT."""
+    f32, i32 = TensorProto.FLOAT, TensorProto.INT32
+    nodes = [
+        helper.make_node("Cast", ["START"], ["start"], to=f32),
+        helper.make_node("Sub", ["one", "start"], ["keep"]),
+        helper.make_node("Mul", ["STATE_IN", "keep"], ["kept"]),
+        helper.make_node("Add", ["kept", "INPUT"], ["STATE_OUT"]),
+        helper.make_node("Identity", ["STATE_OUT"], ["OUTPUT"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "accumulator",
+        [
+            helper.make_tensor_value_info("INPUT", f32, ["b", 1]),
+            helper.make_tensor_value_info("START", i32, ["b", 1]),
+            helper.make_tensor_value_info("STATE_IN", f32, ["b", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("OUTPUT", f32, ["b", 1]),
+            helper.make_tensor_value_info("STATE_OUT", f32, ["b", 1]),
+        ],
+        [helper.make_tensor("one", f32, [], [1.0])],
+    )
+    return _model(graph)
+
+
+ACCUMULATOR_CONFIG = """
+backend: "onnxruntime"
+max_batch_size: 4
+input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "OUTPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+sequence_batching {
+  control_input [ {
+    name: "START"
+    control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ]
+  } ]
+  state [ {
+    input_name: "STATE_IN"
+    output_name: "STATE_OUT"
+    data_type: TYPE_FP32
+    dims: [ 1 ]
+    initial_state: { data_type: TYPE_FP32 dims: [ 1 ] zero_data: true name: "zero" }
+  } ]
+}
+"""
+
+
 def _model(graph: object) -> object:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 7
@@ -329,6 +388,8 @@ def ort_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     add_model(repo, "strings", identity_graph(TensorProto.STRING, ["batch", 2], "TEXT"))
     add_model(repo, "matmul", matmul_graph())
     add_model(repo, "reduce", reduce_graph())
+    add_model(repo, "accumulator", accumulator_graph(), ACCUMULATOR_CONFIG)
+    add_model(repo, "doubler", doubler_graph())
     return repo, _other_bad_models(repo)
 
 
@@ -524,12 +585,42 @@ def test_strings_travel_as_bytes(http, grpc) -> None:
         assert result.as_numpy("TEXT_OUT").tolist() == wire.tolist()
 
 
+def test_sequence_controls_and_implicit_state_reach_the_graph(grpc) -> None:
+    """The sequence batcher's START control and implicit state are graph inputs (Triton's
+    count: config inputs + controls + states), and the state comes back for the next step."""
+    for sequence_id, values in ((7, [1.0, 2.0, 3.0]), (8, [10.0, -1.0])):
+        sums = []
+        for index, value in enumerate(values):
+            tensor = grpcclient.InferInput("INPUT", [1, 1], "FP32")
+            tensor.set_data_from_numpy(np.array([[value]], dtype=np.float32))
+            result = grpc.infer(
+                "accumulator",
+                [tensor],
+                sequence_id=sequence_id,
+                sequence_start=index == 0,
+                sequence_end=index == len(values) - 1,
+            )
+            sums.append(float(result.as_numpy("OUTPUT")[0, 0]))
+        assert sums == list(np.cumsum(values))
+
+
 def test_scalar_graph_output_gets_its_configured_dims(http) -> None:
     assert http.get_model_config("reduce")["output"][0]["dims"] == [1]
     tensor = httpclient.InferInput("X", [4], "FP32")
     tensor.set_data_from_numpy(np.array([1, 2, 3, 4.5], dtype=np.float32))
     result = http.infer("reduce", [tensor])
     assert result.as_numpy("Y").tolist() == [10.5]
+
+
+def test_batched_scalars_are_reshaped_as_triton_completes_them(http, grpc) -> None:
+    config = http.get_model_config("doubler")
+    assert config["max_batch_size"] == 4
+    assert config["input"][0]["dims"] == [1] and config["input"][0]["reshape"] == {"shape": []}
+    assert config["output"][0]["dims"] == [1] and config["output"][0]["reshape"] == {"shape": []}
+    for client, module in ((http, httpclient), (grpc, grpcclient)):
+        tensor = module.InferInput("X", [3, 1], "FP32")
+        tensor.set_data_from_numpy(np.array([[1], [2], [3.5]], dtype=np.float32))
+        assert client.infer("doubler", [tensor]).as_numpy("Y").tolist() == [[2], [4], [7]]
 
 
 def test_an_onnxruntime_failure_fails_only_its_request(http, grpc) -> None:
@@ -595,6 +686,10 @@ def test_explicit_load_reports_the_reason_over_http_and_grpc(
                 client.load_model("too_many_inputs")
             assert info.value.status() == "400"
             assert message in info.value.message()
+            for _ in range(2):  # load, unload (threads and sessions go), load again
+                client.load_model("no_config")
+                assert client.is_model_ready("no_config")
+                client.unload_model("no_config")
             client.load_model("no_config")
             assert client.is_model_ready("no_config")
         with grpcclient.InferenceServerClient(server.grpc_url) as client:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import threading
@@ -183,6 +184,8 @@ class OnnxModel:
     async def create_instance(self, spec: InstanceSpec) -> OnnxInstance:
         wanted = options.providers(self.ort, self.config, spec)
         session, self._spare = self._adopt(wanted), None
+        if options.CUDA_EP in wanted.names:
+            await asyncio.to_thread(_preload_cuda_libraries, self.ort)
         if session is None:
             session = await asyncio.to_thread(
                 create_session, self.ort, self.path, self.session_options, wanted
@@ -198,6 +201,18 @@ class OnnxModel:
 
     async def finalize(self) -> None:
         self._spare = None
+
+
+@functools.cache
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels when the system has none on its path
+    (onnxruntime-gpu's own remedy); once per process, before the first CUDA session."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception as exc:  # the session's own error will say what is missing
+            log.warning("onnxruntime.preload_dlls() failed: %s", exc)
 
 
 def _instance_count(config: Any) -> int:
