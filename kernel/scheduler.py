@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -64,7 +65,7 @@ def request_batch_size(request: InferenceRequest, batching: bool) -> int:
     if not batching:
         return 1
     first = next(iter(request.inputs.values()), None)
-    return first.data.shape[0] if first is not None and first.data.ndim else 1
+    return first.shape[0] if first is not None and first.shape else 1
 
 
 async def execute_batch(
@@ -129,6 +130,12 @@ class InstancePool:
 
     def has_room(self, index: int) -> bool:
         return self._busy[index] < self._depths[index]
+
+    def free_instance(self) -> int | None:
+        """The least busy instance if it has room for one more batch, else None."""
+        busy = self._busy
+        index = 0 if len(busy) == 1 else min(range(len(busy)), key=busy.__getitem__)
+        return index if busy[index] < self._depths[index] else None
 
     async def acquire(self) -> int:
         """The index of the least busy instance with room for one more batch."""
@@ -205,37 +212,41 @@ class InstancePool:
 
 
 class DirectScheduler:
-    """Triton's default scheduler: a queue, each request run alone on the least busy instance."""
+    """Triton's default scheduler: each request runs alone on the least busy instance.
+
+    A request that finds an instance with room starts at once, from ``enqueue``; the
+    others wait in arrival order and start as batches finish. No dispatcher task: a
+    request costs no extra hop through the event loop on its way to the instance.
+    """
 
     def __init__(self, model_name: str, pool: InstancePool) -> None:
         self._pool = pool
-        self._queue: asyncio.Queue[InferenceRequest | None] = asyncio.Queue()
-        #: 1 while the dispatcher holds a request and waits for an instance.
-        self._holding = 0
-        self._dispatcher = asyncio.create_task(self._dispatch(), name=f"{model_name}-dispatch")
+        self._waiting: deque[InferenceRequest] = deque()
 
     def enqueue(self, request: InferenceRequest) -> None:
-        self._queue.put_nowait(request)
+        if not self._waiting:
+            index = self._pool.free_instance()
+            if index is not None:
+                self._pool.launch(index, [request], self._start_waiting)
+                return
+        self._waiting.append(request)
 
     def pending(self) -> int:
         """Requests waiting for an instance (``nv_inference_pending_request_count``)."""
-        return self._queue.qsize() + self._holding
+        return len(self._waiting)
 
-    async def _dispatch(self) -> None:
-        while True:
-            request = await self._queue.get()
-            if request is None:
-                return
-            if request.done:  # cancelled while queued: nothing to run
+    def _start_waiting(self, _finished: list[InferenceRequest]) -> None:
+        """A batch finished: start the waiting requests that now have room."""
+        waiting = self._waiting
+        while waiting:
+            if waiting[0].done:  # cancelled while queued: nothing to run
+                waiting.popleft()
                 continue
-            self._holding = 1
-            index = await self._pool.acquire()
-            self._holding = 0
-            if not request.done:
-                self._pool.launch(index, [request])
+            index = self._pool.free_instance()
+            if index is None:
+                return
+            self._pool.launch(index, [waiting.popleft()], self._start_waiting)
 
     async def drain_and_stop(self) -> None:
-        """Finish queued and running requests, then stop the dispatcher."""
-        self._queue.put_nowait(None)
-        await asyncio.gather(self._dispatcher, return_exceptions=True)
+        """Finish queued and running requests (each finished batch starts the next)."""
         await self._pool.drain()
