@@ -50,11 +50,12 @@ PLATFORM_BACKENDS = {
     "tensorrt_plan": "tensorrt",
 }
 #: Default model file -> backend, for configurations that name neither.
+#: In the order Triton tries them when a config names neither backend nor platform.
 FILE_BACKENDS = {
-    "model.py": "python",
+    "model.plan": "tensorrt",
     "model.onnx": "onnxruntime",
     "model.pt": "pytorch",
-    "model.plan": "tensorrt",
+    "model.py": "python",
 }
 #: How long a replaced version still admits the requests that looked it up before the
 #: swap (a frontend may read the body in between) before it drains and unloads.
@@ -784,10 +785,15 @@ def resolve_backend(config: Any, model_dir: Path) -> str:
         if config.platform in PLATFORM_BACKENDS:
             return PLATFORM_BACKENDS[config.platform]
         raise InvalidArgument(f"unexpected platform type '{config.platform}' for {config.name}")
+    candidates = FILE_BACKENDS
+    if config.default_model_filename:  # its suffix says the framework: net.onnx, net.pt, ...
+        suffix = Path(config.default_model_filename).suffix
+        matching = [b for f, b in FILE_BACKENDS.items() if f.endswith(suffix)]
+        candidates = {config.default_model_filename: matching[0]} if matching else {}
     for child in sorted(model_dir.iterdir()):
         if child.is_dir() and child.name.isdigit():
-            for filename, backend in FILE_BACKENDS.items():
-                if (child / (config.default_model_filename or filename)).exists():
+            for filename, backend in candidates.items():
+                if (child / filename).exists():
                     return backend
     raise InvalidArgument(
         f"unable to determine the backend of model '{config.name}': set 'backend' or "
