@@ -22,7 +22,7 @@ That venv also gives the install size: its site-packages less an empty venv's;
 tritonserver's venv (``/tmp/peers-triton-venv``) is measured the same way. Writes
 ``bench/results/footprint.{md,json}``.
 
-    python bench/footprint.py [--rounds 3] [--settle 2] [--ours-python PY]
+    python bench/footprint.py [--rounds 3] [--settle 2] [--ours-python PY] [--servers ...]
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ Row = dict[str, Any]
 OURS_PYTHON = [sys.executable]
 
 
-def start_ours(repository: Path, ports: tuple[int, int, int], log: Path) -> subprocess.Popen[bytes]:
+def start_ours(
+    repository: Path, ports: tuple[int, int, int], log: Path, *flags: str
+) -> subprocess.Popen[bytes]:
     http, grpc, metrics = ports
     command = [
         *(OURS_PYTHON[0], "-m", "triton_kernel.kernel.cli", "serve"),
@@ -69,6 +71,7 @@ def start_ours(repository: Path, ports: tuple[int, int, int], log: Path) -> subp
         *("--grpc-address=127.0.0.1", f"--grpc-port={grpc}"),
         *("--metrics-address=127.0.0.1", f"--metrics-port={metrics}"),
         "--exit-timeout-secs=5",
+        *flags,
     ]
     return subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
@@ -80,10 +83,19 @@ def start_triton(
     return subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
+def start_ours_exec(
+    repository: Path, ports: tuple[int, int, int], log: Path
+) -> subprocess.Popen[bytes]:
+    """triton-kernel with one fresh interpreter per worker (no template), for comparison."""
+    return start_ours(repository, ports, log, "--backend-config=python,fork-workers=false")
+
+
+EXEC = "triton-kernel-exec"
 #: name -> (how to start it, its HTTP/gRPC/metrics ports, the binary whose exec starts the clock)
 SERVERS: dict[str, tuple[Callable[..., subprocess.Popen[bytes]], tuple[int, int, int], str]] = {
     "tritonserver": (start_triton, (19180, 19181, 19182), "tritonserver"),
     "triton-kernel": (start_ours, (19183, 19184, 19185), ""),
+    EXEC: (start_ours_exec, (19186, 19187, 19188), ""),
 }
 
 
@@ -313,7 +325,7 @@ def make_venvs(folder: Path) -> tuple[Path, Path, str]:
     done = subprocess.run(pip, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"pip install failed:\n{done.stdout}\n{done.stderr}")
-    return empty, ours, shlex.join([*pip[:-1], "<checkout>"])
+    return empty, ours, shlex.join(["<venv>/bin/python", *pip[1:-1], "<checkout>"])
 
 
 def install_sizes(empty: Path, ours: Path, pip_command: str) -> Row:
@@ -355,32 +367,44 @@ def summarize(rows: list[Row]) -> dict[str, Row]:
     summary: dict[str, Row] = {}
     for name in SERVERS:
         mine = [row for row in rows if row["server"] == name]
-        summary[name] = {key: statistics.median(row[key] for row in mine) for key in KEYS}
+        if mine:
+            summary[name] = {key: statistics.median(row[key] for row in mine) for key in KEYS}
     return summary
 
 
-def markdown(summary: dict[str, Row], install: Row, command: str, rounds: int) -> str:
-    ours, theirs = summary["triton-kernel"], summary["tritonserver"]
+#: (label, key, format) of each row of the table.
+ROWS = (
+    ("ready (s)", "ready_s", "{:.2f}"),
+    ("ready from launch (s)", "ready_from_launch_s", "{:.2f}"),
+    ("processes", "processes", "{:.0f}"),
+    ("RSS total (MiB)", "rss_mib", "{:.0f}"),
+    ("PSS total (MiB)", "pss_mib", "{:.0f}"),
+    ("PSS of the server process (MiB)", "root_pss_mib", "{:.1f}"),
+    ("PSS of a child, median (MiB)", "child_pss_median_mib", "{:.1f}"),
+)
+
+
+def markdown(
+    summary: dict[str, Row], install: Row, command: str, rounds: int, load: list[float]
+) -> str:
+    theirs, ours = summary["tritonserver"], summary["triton-kernel"]
+    exec_ = summary.get(EXEC)
+    extra = " triton-kernel, exec'd workers |" if exec_ else ""
     lines = [
         "# Footprint: 17 small Python-backend models (`bench/models_footprint`)",
         "",
-        f"Median of {rounds} interleaved rounds on this shared 2-core machine.",
+        f"Median of {rounds} interleaved rounds on this shared 2-core machine (load average"
+        f" {load[0]:.1f} before, {load[1]:.1f} after).",
         f"Command: `{command}`",
         "",
-        "| | tritonserver 2.51 | triton-kernel | ratio |",
-        "|---|---|---|---|",
-        _line("ready (s)", theirs["ready_s"], ours["ready_s"], "{:.2f}"),
-        _line("ready from launch (s)", theirs["ready_from_launch_s"],
-              ours["ready_from_launch_s"], "{:.2f}"),
-        _line("processes", theirs["processes"], ours["processes"], "{:.0f}"),
-        _line("RSS total (MiB)", theirs["rss_mib"], ours["rss_mib"], "{:.0f}"),
-        _line("PSS total (MiB)", theirs["pss_mib"], ours["pss_mib"], "{:.0f}"),
-        _line("PSS of the server process (MiB)", theirs["root_pss_mib"],
-              ours["root_pss_mib"], "{:.1f}"),
-        _line("PSS of a child, median (MiB)", theirs["child_pss_median_mib"],
-              ours["child_pss_median_mib"], "{:.1f}"),
-    ]  # fmt: skip
-    lines.append(_line("install (MB)", install["tritonserver"], install["triton-kernel"], "{:.0f}"))
+        f"| | tritonserver 2.51 | triton-kernel | ratio |{extra}",
+        "|---|---|---|---|" + ("---|" if exec_ else ""),
+    ]
+    for label, key, form in ROWS:
+        line = _line(label, theirs[key], ours[key], form)
+        lines.append(line + (f" {form.format(exec_[key])} |" if exec_ else ""))
+    line = _line("install (MB)", install["tritonserver"], install["triton-kernel"], "{:.0f}")
+    lines.append(line + (" same |" if exec_ else ""))
     lines += [
         "",
         "ready: from the `exec` of the server binary (tritonserver: after `start_triton.sh`'s"
@@ -388,10 +412,13 @@ def markdown(summary: dict[str, Row], install: Row, command: str, rounds: int) -
         " serve`) to `/v2/health/ready` 200. RSS and PSS: sums over the process tree from"
         " `/proc/<pid>/smaps_rollup`, after a few check requests and the settle time."
         " Children: tritonserver's Python stubs; triton-kernel's worker template and the"
-        " workers forked from it. Install: site-packages after `pip install` (no extras)"
-        " less an empty venv's, MB of 10^6 bytes on disk.",
+        " workers forked from it (exec'd workers: `--backend-config=python,fork-workers=false`,"
+        " one fresh interpreter per instance). Install: site-packages after `pip install`"
+        " (no extras) less an empty venv's, MB of 10^6 bytes on disk.",
+        "",
+        "Largest parts of each install (MB):",
+        "",
     ]
-    lines += ["", "Largest parts of each install (MB):", ""]
     for name in ("triton-kernel", "tritonserver"):
         parts = ", ".join(f"{k} {v}" for k, v in install[f"{name}_largest"].items())
         lines.append(f"- {name}: {parts}")
@@ -415,18 +442,21 @@ def main() -> None:
         empty, ours, pip_command = make_venvs(Path(tmp))
         install = install_sizes(empty, ours, pip_command)
         OURS_PYTHON[0] = args.ours_python or str(ours / "bin" / "python")
+        load = [os.getloadavg()[0]]
         rows = run_rounds(args.servers, args.rounds, args.settle)
+        load.append(os.getloadavg()[0])
     command = shlex.join(["python", "bench/footprint.py", *sys.argv[1:]])
-    if set(args.servers) != set(SERVERS):
+    if not {"tritonserver", "triton-kernel"} <= set(args.servers):
         return
     summary = summarize(rows)
-    text = markdown(summary, install, command, args.rounds)
+    text = markdown(summary, install, command, args.rounds, load)
     print(text)
     output = Path(args.output)
     output.with_suffix(".md").write_text(text)
     record = {
         "command": command,
         "ours_python": args.ours_python or "fresh venv: " + pip_command,
+        "load_average_1min": load,
         "rounds": rows,
         "median": summary,
         "install_mb": install,

@@ -91,6 +91,7 @@ class WorkerTemplate:
 
     async def fork(self, worker_end: socket.socket, version_dir: Path, label: str) -> ForkedProcess:
         """A new worker serving ``worker_end`` (the caller closes its copy)."""
+        # Here, not at the top: the template runs this file too, and must not import the kernel.
         from triton_kernel.kernel.errors import Unavailable
 
         token = next(self._tokens)
