@@ -252,8 +252,7 @@ class DynamicBatcher:
     def _shape_key(self, request: InferenceRequest) -> tuple[Any, ...]:
         inputs = request.inputs
         return tuple(
-            inputs[name].data.shape[1:] if name in inputs else None
-            for name in self._equal_shape_inputs
+            inputs[name].shape[1:] if name in inputs else None for name in self._equal_shape_inputs
         )
 
     def _cut_to_preferred(self, batch: list[InferenceRequest]) -> list[InferenceRequest]:

@@ -19,15 +19,18 @@ region fails, as tritonserver 2.51 does (later versions defer it). Even so a map
 never unmapped under a view: ``mmap.close`` refuses while numpy views exist, and the
 mapping then goes when the last view does.
 
-GPU backends: an input read from a CUDA region carries, besides its host copy, a
-:class:`CudaBuffer` (device, pointer, byte size) that :func:`cuda_buffer` returns, so a
-backend running on that device can use the data where it lies. A requested output that
-goes to a CUDA region carries its destination the same way (:func:`cuda_output_buffer`);
-a backend that writes the result there itself marks its output tensor with
-``parameters={"shared_memory_region": <region name>}`` and the kernel copies nothing.
-Pointers are valid only while the request runs: the lease ends with the response, or
-when the caller stops waiting (a cancelled request), so a backend must not touch them
-after it answered or saw the request cancelled.
+GPU backends: an input read from a CUDA region is a :class:`CudaTensor`, whose host copy
+is made only when something reads its ``data`` (a CPU model, the response cache, a
+trace); its :class:`CudaBuffer` (device, pointer, byte size), which :func:`cuda_buffer`
+returns, lets a backend on that device use the data where it lies, so the tensor never
+visits host memory. A requested output that goes to a CUDA region carries its
+destination the same way (:func:`cuda_output_buffer`); a backend that writes the result
+there itself answers with :func:`written_output` (a ``CudaTensor`` over the region,
+marked with the region's name) and the kernel copies nothing. Every copy between a
+CUDA region and host memory is logged at verbose level 1, so tests can tell that none
+happened. Pointers are valid only while the request runs: the lease ends with the
+response, or when the caller stops waiting (a cancelled request), so a backend must
+not touch them after it answered or saw the request cancelled.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ import os
 import stat
 import threading
 import weakref
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from math import prod
 from types import TracebackType
 from typing import Any
@@ -48,6 +52,7 @@ import numpy as np
 from .cuda_ipc import CUDA_IPC_HANDLE_SIZE, CudaError, CudaRuntime
 from .datatypes import ELEMENT_SIZES, NUMPY_DTYPES, decode_bytes_input
 from .errors import AlreadyExists, Internal, InvalidArgument, NotFound, Unsupported
+from .logsettings import VERBOSE
 from .request import InferenceRequest, InferenceResponse, RequestedOutput
 from .tensor import Tensor
 from .validation import Signature, request_prefix, validate_request
@@ -80,6 +85,14 @@ class CudaBuffer:
     #: Device address of the tensor's first byte (the region's base plus the offset).
     pointer: int
     byte_size: int
+    #: The region's name (what a written output's ``shared_memory_region`` says).
+    region: str = ""
+    #: The region's raw ``cudaIpcMemHandle_t`` and the tensor's offset in it: what
+    #: another process (a Python model's worker) needs to map the same memory.
+    handle: bytes = b""
+    offset: int = 0
+    #: Copies the span to host memory while the request holds the region (kernel use).
+    read: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
 
 def cuda_buffer(tensor: Tensor) -> CudaBuffer | None:
@@ -90,6 +103,68 @@ def cuda_buffer(tensor: Tensor) -> CudaBuffer | None:
 def cuda_output_buffer(output: RequestedOutput) -> CudaBuffer | None:
     """The device span a requested output goes to, when it goes to CUDA shared memory."""
     return output.parameters.get(CUDA_BUFFER)
+
+
+#: The storage of ``Tensor.data`` under :class:`CudaTensor`'s lazy property.
+_DATA: Any = Tensor.__dict__["data"]
+
+
+class CudaTensor(Tensor):
+    """A tensor that lies in a CUDA region: copied to host memory the first time ``data``
+    is read, never when only its shape, datatype or device span are used."""
+
+    __slots__ = ("_buffer", "_shape")
+
+    def __init__(
+        self,
+        name: str,
+        datatype: str,
+        shape: tuple[int, ...],
+        buffer: CudaBuffer,
+        parameters: dict[str, Any] | None = None,
+    ) -> None:
+        self.name, self.datatype, self.parameters = name, datatype, parameters
+        _DATA.__set__(self, None)
+        self._buffer = buffer
+        self._shape = tuple(shape)
+
+    @property  # type: ignore[override]
+    def data(self) -> np.ndarray:
+        array = _DATA.__get__(self)
+        if array is None:
+            if self._buffer.read is None:
+                raise Internal(f"tensor '{self.name}' in CUDA shared memory cannot be read")
+            array = self._buffer.read().view(NUMPY_DTYPES[self.datatype]).reshape(self._shape)
+            array.flags.writeable = False  # the client's data: models read it, never write it
+            _DATA.__set__(self, array)
+        return array
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        _DATA.__set__(self, value)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        array = _DATA.__get__(self)
+        return self._shape if array is None else array.shape
+
+    @property
+    def copied(self) -> bool:
+        """Whether the host copy was made."""
+        return _DATA.__get__(self) is not None
+
+    def __repr__(self) -> str:
+        return f"CudaTensor({self.name!r}, {self.datatype!r}, {self._shape}, {self._buffer})"
+
+
+def written_output(
+    name: str, datatype: str, shape: tuple[int, ...], output: RequestedOutput
+) -> CudaTensor:
+    """The output tensor of a backend that wrote ``output`` into its CUDA region itself."""
+    buffer = cuda_output_buffer(output)
+    if buffer is None:
+        raise Internal(f"output '{name}' does not go to CUDA shared memory")
+    return CudaTensor(name, datatype, shape, buffer, {REGION: buffer.region})
 
 
 # --- regions -----------------------------------------------------------------------------
@@ -116,7 +191,9 @@ class Region:
     def write(self, offset: int, data: bytes | memoryview) -> None:
         raise NotImplementedError
 
-    def device_buffer(self, offset: int, size: int) -> CudaBuffer | None:
+    def device_buffer(
+        self, offset: int, size: int, read: Callable[[], np.ndarray] | None = None
+    ) -> CudaBuffer | None:
         return None
 
     def close(self) -> None:
@@ -214,13 +291,14 @@ class CudaRegion(Region):
     """A CUDA allocation of another process, opened from its IPC handle."""
 
     kind = "cuda"
-    __slots__ = ("_cuda", "device_id", "pointer")
+    __slots__ = ("_cuda", "device_id", "handle", "pointer")
 
     def __init__(
         self, name: str, cuda: CudaRuntime, handle: bytes, device_id: int, byte_size: int
     ) -> None:
         super().__init__(name, byte_size)
         self.device_id = device_id
+        self.handle = bytes(handle)
         self._cuda = cuda
         self.pointer = cuda.open(handle, device_id)
         try:
@@ -236,13 +314,29 @@ class CudaRegion(Region):
         return {"name": self.name, "device_id": self.device_id, "byte_size": self.byte_size}
 
     def read(self, offset: int, size: int) -> np.ndarray:
+        if VERBOSE.level:
+            log.debug("CUDA shared memory '%s': %d bytes copied to host memory", self.name, size)
         return self._cuda.to_host(self.pointer + offset, size, self.device_id)
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
+        if VERBOSE.level:
+            log.debug(
+                "CUDA shared memory '%s': %d bytes copied from host memory", self.name, len(data)
+            )
         self._cuda.to_device(self.pointer + offset, data, self.device_id)
 
-    def device_buffer(self, offset: int, size: int) -> CudaBuffer | None:
-        return CudaBuffer(self.device_id, self.pointer + offset, size)
+    def device_buffer(
+        self, offset: int, size: int, read: Callable[[], np.ndarray] | None = None
+    ) -> CudaBuffer | None:
+        return CudaBuffer(
+            self.device_id,
+            self.pointer + offset,
+            size,
+            region=self.name,
+            handle=self.handle,
+            offset=offset,
+            read=read,
+        )
 
     def close(self) -> None:
         try:
@@ -377,7 +471,9 @@ class SharedMemoryRegistry:
                 if reference is not None:
                     attachment.add_output(output, attachment.lease(reference))
             for tensor, span in inputs:
-                request.inputs[tensor.name] = _input_tensor(request, tensor, span, signature)
+                request.inputs[tensor.name] = _input_tensor(
+                    request, tensor, span, signature, attachment.reader(span)
+                )
         except BaseException:
             attachment.release()
             raise
@@ -435,16 +531,25 @@ def _reference(parameters: dict[str, Any] | None, tensor: str) -> tuple[str, int
 
 
 def _input_tensor(
-    request: InferenceRequest, tensor: Tensor, span: _Span, signature: Signature | None
+    request: InferenceRequest,
+    tensor: Tensor,
+    span: _Span,
+    signature: Signature | None,
+    read: Callable[[], np.ndarray],
 ) -> Tensor:
-    """The input as the model sees it: the region's bytes in the tensor's shape and type."""
+    """The input as the model sees it: the region's bytes in the tensor's shape and type
+    (a :class:`CudaTensor`, copied to host only on demand, for a fixed-size type in a
+    CUDA region)."""
     name, datatype, shape = tensor.name, tensor.datatype, tensor.shape
-    data = span.region.read(span.offset, span.byte_size)
+    parameters = {k: v for k, v in (tensor.parameters or {}).items() if k not in _REFERENCE_KEYS}
+    device = span.region.device_buffer(span.offset, span.byte_size, read)
+    if device is not None:
+        parameters[CUDA_BUFFER] = device
     count = prod(shape)
     prefix = request_prefix(request)
     if datatype == "BYTES":
         array = decode_bytes_input(
-            memoryview(data), shape, count, name=name, model=request.model_name, prefix=prefix
+            memoryview(read()), shape, count, name=name, model=request.model_name, prefix=prefix
         )
     elif datatype in ELEMENT_SIZES:
         expected = count * ELEMENT_SIZES[datatype]
@@ -455,14 +560,12 @@ def _input_tensor(
                 f"{prefix}input byte size mismatch for input '{name}' for model "
                 f"'{request.model_name}'. Expected {expected}, got {span.byte_size}"
             )
-        array = data.view(NUMPY_DTYPES[datatype]).reshape(shape)
+        if device is not None:
+            return CudaTensor(name, datatype, shape, device, parameters)
+        array = read().view(NUMPY_DTYPES[datatype]).reshape(shape)
         array.flags.writeable = False  # the client's memory: models read it, never write it
     else:
         raise InvalidArgument(f"invalid datatype for input {name}")
-    parameters = {k: v for k, v in (tensor.parameters or {}).items() if k not in _REFERENCE_KEYS}
-    device = span.region.device_buffer(span.offset, span.byte_size)
-    if device is not None:
-        parameters[CUDA_BUFFER] = device
     return Tensor(name, datatype, array, parameters or None)
 
 
@@ -494,9 +597,21 @@ class Attachment:
         self._leases.append(region)
         return _Span(region, offset, size)
 
+    def reader(self, span: _Span) -> Callable[[], np.ndarray]:
+        """Reads ``span`` to host memory while this attachment holds its region."""
+
+        def read() -> np.ndarray:
+            if self._registry is not None and not self._leases:
+                raise Internal(
+                    f"shared memory region '{span.region.name}' was read after its request ended"
+                )
+            return span.region.read(span.offset, span.byte_size)
+
+        return read
+
     def add_output(self, output: RequestedOutput, span: _Span) -> None:
         self._outputs[output.name] = span
-        device = span.region.device_buffer(span.offset, span.byte_size)
+        device = span.region.device_buffer(span.offset, span.byte_size, self.reader(span))
         if device is not None:
             output.parameters[CUDA_BUFFER] = device
 
@@ -509,9 +624,11 @@ class Attachment:
             if span is None:
                 continue
             written = tensor.parameters and tensor.parameters.get(REGION) == span.region.name
-            if not written:
-                _write(tensor, span)
             marker = {REGION: span.region.name, BYTE_SIZE: span.byte_size, OFFSET: span.offset}
+            if written:  # the backend's own tensor (reading its data would copy it back)
+                tensor.parameters = marker
+                continue
+            _write(tensor, span)
             response.outputs[index] = Tensor(tensor.name, tensor.datatype, tensor.data, marker)
 
     def release(self) -> None:

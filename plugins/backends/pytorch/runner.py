@@ -5,10 +5,15 @@ it computes) and touches only numpy arrays and torch tensors; answering the requ
 is left to the event loop. Requests of a batch are concatenated along dimension 0
 and the outputs split back by each request's rows, as Triton's input collector and
 output responder do.
+
+On a GPU, data already on the instance's device stays there (``devices.py``): an
+input in CUDA shared memory is used where it lies, and an output requested into CUDA
+shared memory is copied device to device into the region.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
@@ -16,14 +21,19 @@ from typing import Any
 import numpy as np
 
 from triton_kernel.kernel.errors import Internal, InvalidArgument, KernelError
+from triton_kernel.kernel.logsettings import VERBOSE
 from triton_kernel.kernel.request import InferenceRequest
 from triton_kernel.kernel.scheduler import request_batch_size
+from triton_kernel.kernel.shared_memory import cuda_buffer, cuda_output_buffer, written_output
 from triton_kernel.kernel.tensor import Tensor
 
 from .binding import Binding
+from .device_io import copy_to_region, device_view
 from .params import TorchParameters
 
 __all__ = ["Runner"]
+
+log = logging.getLogger(__name__)
 
 _TORCH_DTYPES = {
     "BOOL": "bool",
@@ -58,6 +68,7 @@ class Runner:
     ) -> None:
         self.torch = torch
         self.module = module
+        self.model_name = config.name
         self.binding = binding
         self.params = params
         #: None for ``KIND_MODEL``: inputs stay on the CPU, the model places its tensors.
@@ -82,18 +93,22 @@ class Runner:
         rows = [request_batch_size(r, self.batching) for r in requests]
         with ExitStack() as stack:
             self._enter(stack)
-            arguments = self._arguments(requests)
             try:
-                result = self._forward(arguments)
+                result = self._forward(self._arguments(requests))
                 values = self._outputs(result)
+                self._check_outputs(values, sum(rows))
+                written = self._write_device_outputs(requests, values, rows) if self.cuda else []
             except KernelError:
                 raise
             except Exception as exc:
                 raise Internal(f"PyTorch execute failure: {exc}") from None
-            arrays = self._to_host(values, sum(rows))
+            arrays = self._to_host(_still_wanted(values, written))
         if self.cuda and self.params.cache_cleaning:
             self.torch.cuda.empty_cache()
-        return [self._response_outputs(arrays, start, count) for start, count in _spans(rows)]
+        return [
+            self._response_outputs(arrays, start, count, written[i] if written else {})
+            for i, (start, count) in enumerate(_spans(rows))
+        ]
 
     def _enter(self, stack: ExitStack) -> None:
         """The switches Triton sets around every execution (thread-local ones each time)."""
@@ -129,7 +144,7 @@ class Runner:
         return arguments
 
     def _input(self, name: str, requests: Sequence[InferenceRequest]) -> Any:
-        arrays = []
+        tensors = []
         for request in requests:
             tensor = request.inputs.get(name)
             if tensor is None:
@@ -137,13 +152,41 @@ class Runner:
                     f"input '{name}' is missing: the PyTorch backend passes every input of "
                     "the model to forward"
                 )
-            arrays.append(self._reshaped(name, tensor.data))
-        datatype = requests[0].inputs[name].datatype
+            tensors.append(tensor)
+        datatype = tensors[0].datatype
         if datatype == "BYTES":
-            return _strings(name, arrays)
-        return self._tensor(arrays, getattr(self.torch, _TORCH_DTYPES[datatype]))
+            return _strings(name, [self._reshaped(name, t.data) for t in tensors])
+        dtype = getattr(self.torch, _TORCH_DTYPES[datatype])
+        if self.cuda and any(self._in_place(t) for t in tensors):
+            return self._device_input(name, tensors, dtype)
+        return self._tensor([self._reshaped(name, t.data) for t in tensors], dtype)
 
-    def _reshaped(self, name: str, data: np.ndarray) -> np.ndarray:
+    def _in_place(self, tensor: Tensor) -> bool:
+        """Whether ``tensor`` lies in CUDA shared memory on this instance's device."""
+        buffer = cuda_buffer(tensor)
+        return buffer is not None and buffer.device_id == self.device.index
+
+    def _device_input(self, name: str, tensors: list[Tensor], dtype: Any) -> Any:
+        """The batch's input from device memory where it lies; the rest uploaded."""
+        parts = []
+        for tensor in tensors:
+            buffer = cuda_buffer(tensor)
+            if buffer is not None and buffer.device_id == self.device.index:
+                part = device_view(self.torch, buffer, tensor.datatype, tensor.shape, self.device)
+                if VERBOSE.level:
+                    log.debug(
+                        "model '%s': input '%s' used in place in CUDA shared memory '%s' on %s",
+                        self.model_name,
+                        name,
+                        buffer.region,
+                        self.device,
+                    )
+            else:
+                part = self._tensor([tensor.data], dtype)
+            parts.append(self._reshaped(name, part))
+        return parts[0] if len(parts) == 1 else self.torch.cat(parts)
+
+    def _reshaped(self, name: str, data: Any) -> Any:
         shape = self.reshapes.get(name)
         if shape is None:
             return data
@@ -183,25 +226,61 @@ class Runner:
                 )
         return {name: values[i] for name, i in self.binding.outputs.items()}
 
-    def _to_host(self, values: dict[str, Any], total: int) -> dict[str, np.ndarray]:
+    def _write_device_outputs(
+        self, requests: Sequence[InferenceRequest], values: dict[str, Any], rows: list[int]
+    ) -> list[dict[str, Tensor]]:
+        """Copy device to device each output a request wants in CUDA shared memory on this
+        device; per request, the outputs so written (empty list: none was)."""
+        written = []
+        for request, (start, count) in zip(requests, _spans(rows), strict=True):
+            mine: dict[str, Tensor] = {}
+            for output in request.outputs:
+                buffer, value = cuda_output_buffer(output), values.get(output.name)
+                if buffer is None or buffer.device_id != self.device.index:
+                    continue
+                if value is None or isinstance(value, list):
+                    continue
+                part = self._part(output.name, value, start, count)
+                if copy_to_region(self.torch, part, buffer, self.device):
+                    datatype = self.binding.datatypes[output.name]
+                    mine[output.name] = written_output(
+                        output.name, datatype, tuple(part.shape), output
+                    )
+                    if VERBOSE.level:
+                        log.debug(
+                            "model '%s': output '%s' copied on %s into CUDA shared memory '%s'",
+                            self.model_name,
+                            output.name,
+                            self.device,
+                            buffer.region,
+                        )
+            written.append(mine)
+        return written if any(written) else []
+
+    def _check_outputs(self, values: dict[str, Any], total: int) -> None:
+        for name, value in values.items():
+            expected = self.binding.datatypes[name]
+            if not isinstance(value, list):
+                self._check_tensor(name, value, expected, total)
+            elif expected != "BYTES":
+                raise InvalidArgument(
+                    f"configuration expects datatype TYPE_{expected} for output '{name}', "
+                    "model provides List[str]"
+                )
+            elif self.batching and len(value) != total:
+                raise InvalidArgument(
+                    f"output '{name}' has {len(value)} strings, but the batch has {total} "
+                    "rows: a batching model's outputs must keep the batch dimension"
+                )
+
+    def _to_host(self, values: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The checked outputs in host memory (waits for the instance's stream)."""
         torch = self.torch
         pending = {}
         for name, value in values.items():
-            expected = self.binding.datatypes[name]
             if isinstance(value, list):
-                if expected != "BYTES":
-                    raise InvalidArgument(
-                        f"configuration expects datatype TYPE_{expected} for output '{name}', "
-                        "model provides List[str]"
-                    )
-                if self.batching and len(value) != total:
-                    raise InvalidArgument(
-                        f"output '{name}' has {len(value)} strings, but the batch has {total} "
-                        "rows: a batching model's outputs must keep the batch dimension"
-                    )
                 pending[name] = value
                 continue
-            self._check_tensor(name, value, expected, total)
             if value.device.type == "cuda" and self.pinned_output:
                 host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
                 host.copy_(value, non_blocking=True)
@@ -229,16 +308,31 @@ class Runner:
             )
 
     def _response_outputs(
-        self, arrays: dict[str, np.ndarray], start: int, count: int
+        self, arrays: dict[str, np.ndarray], start: int, count: int, written: dict[str, Tensor]
     ) -> list[Tensor]:
         outputs = []
-        for name, array in arrays.items():
-            part = array[start : start + count] if self.batching else array
-            dims = self.output_dims.get(name)
-            if dims is not None:
-                part = part.reshape((count, *dims) if self.batching else dims)
+        for name in self.binding.outputs:
+            if name in written:
+                outputs.append(written[name])
+                continue
+            part = self._part(name, arrays[name], start, count)
             outputs.append(Tensor(name, self.binding.datatypes[name], part))
         return outputs
+
+    def _part(self, name: str, value: Any, start: int, count: int) -> Any:
+        """One request's rows of an output (array or tensor), in its configured shape."""
+        part = value[start : start + count] if self.batching else value
+        dims = self.output_dims.get(name)
+        if dims is not None:
+            part = part.reshape((count, *dims) if self.batching else dims)
+        return part
+
+
+def _still_wanted(values: dict[str, Any], written: list[dict[str, Tensor]]) -> dict[str, Any]:
+    """The outputs some request of the batch still needs in host memory."""
+    if not written:
+        return values
+    return {n: v for n, v in values.items() if not all(n in w for w in written)}
 
 
 def _spans(rows: list[int]) -> list[tuple[int, int]]:
