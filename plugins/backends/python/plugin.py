@@ -17,7 +17,8 @@ from triton_kernel.kernel.errors import InvalidArgument, KernelError, Unavailabl
 from triton_kernel.kernel.hookspecs import hookimpl
 from triton_kernel.kernel.request import InferenceRequest
 
-from .worker import WorkerProcess
+from .gather import gather, gather_option
+from .worker import WorkerProcess, gpu_input_tensors, payload_inputs
 from .zygote import WorkerTemplate
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,15 @@ class PythonBackend:
             config = context.config
             if context.auto_complete:
                 config = await _auto_complete(worker, config)
+            gpu_inputs = gpu_input_tensors(config)  # a bad value fails the load
+            gathering = gather_option(config)
         except BaseException:
             await worker.kill(0)
             raise
-        return PythonModel(context, config, model_path, worker, self.template)
+        model = PythonModel(context, config, model_path, worker, self.template)
+        model.gpu_inputs = gpu_inputs
+        model.gather_requests = gathering
+        return model
 
     async def finalize(self) -> None:
         if self.template is not None:  # after every model: its workers are its children
@@ -93,6 +99,10 @@ class PythonModel:
         self.config = config
         self.model_path = model_path
         self._spare: WorkerProcess | None = worker
+        #: ``FORCE_CPU_ONLY_INPUT_TENSORS: no``: inputs in CUDA shared memory stay there.
+        self.gpu_inputs = False
+        #: ``gather_requests``: each batch's same-shaped requests reach the model as one.
+        self.gather_requests = False
         #: Where the other instances' workers (and restarted ones) fork from.
         self.template = template
 
@@ -185,7 +195,10 @@ class PythonInstance:
         await self._ready.wait()
         worker = self.worker
         assert worker is not None
-        payloads = [_payload(request, next(self._keys)) for request in requests]
+        if self.model.gather_requests:
+            requests = gather(requests)
+        gpu = self.model.gpu_inputs
+        payloads = [_payload(request, next(self._keys), gpu) for request in requests]
         for request, payload in zip(requests, payloads, strict=True):
             request.on_cancel(lambda key=payload["key"]: worker.cancel(key))
         await worker.execute(requests, payloads)
@@ -198,14 +211,14 @@ class PythonInstance:
             await self.worker.stop()
 
 
-def _payload(request: InferenceRequest, key: int) -> dict[str, Any]:
+def _payload(request: InferenceRequest, key: int, gpu: bool = False) -> dict[str, Any]:
     """What the worker needs of a request to build its ``pb_utils.InferenceRequest``."""
     return {
         "key": key,
         "id": request.id,
         "model_name": request.model_name,
         "model_version": request.model_version,
-        "inputs": [(name, tensor.data) for name, tensor in request.inputs.items()],
+        "inputs": payload_inputs(request, gpu),
         "outputs": [output.name for output in request.outputs],
         "parameters": json.dumps(request.parameters, separators=(",", ":")),  # Triton's form
         "correlation_id": request.correlation_id,

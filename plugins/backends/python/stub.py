@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import ipc
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
@@ -154,9 +153,10 @@ class Worker:
     # --- execution ---------------------------------------------------------------------
 
     def on_execute(self, batch: int, payloads: list[dict[str, Any]]) -> None:
-        requests = [self.make_request(payload) for payload in payloads]
+        requests: list[Any] = []
         failed = True
         try:
+            requests = [self.make_request(payload) for payload in payloads]
             responses = self.wait(self.model.execute(requests))
             failed = False
         except BaseException as exc:
@@ -180,7 +180,7 @@ class Worker:
                 self.cancelled.discard(key)
 
     def make_request(self, payload: dict[str, Any]) -> pb_utils.InferenceRequest:
-        inputs = [pb_utils.Tensor(name, array) for name, array in payload["inputs"]]
+        inputs = [input_tensor(name, value) for name, value in payload["inputs"]]
         request = pb_utils.InferenceRequest(
             request_id=payload["id"],
             correlation_id=payload["correlation_id"],
@@ -348,8 +348,16 @@ def encode_response(response: Any) -> Any:
     if error is not None:
         code = pb_utils.TritonError.CODE_NAMES.get(error.code(), "INTERNAL")
         return ("error", code, error.message())
-    outputs = [(t.name(), np.ascontiguousarray(t.as_numpy())) for t in response.output_tensors()]
+    outputs = [(t.name(), t._host_array()) for t in response.output_tensors()]
     return ("ok", outputs, json.loads(response.parameters()))
+
+
+def input_tensor(name: str, value: Any) -> pb_utils.Tensor:
+    """An input as the model sees it: a numpy array, or (``FORCE_CPU_ONLY_INPUT_TENSORS:
+    no``) a GPU tensor over the client's CUDA shared memory, mapped through CUDA IPC."""
+    if isinstance(value, tuple):
+        return pb_utils.Tensor._from_cuda_ipc(name, value)
+    return pb_utils.Tensor(name, value)
 
 
 def describe(exc: BaseException) -> str:

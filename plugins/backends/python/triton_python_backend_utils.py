@@ -15,7 +15,8 @@ import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 from typing import Any, Protocol
 
@@ -143,9 +144,14 @@ class TritonModelException(Exception):
 
 
 class Tensor:
-    """A named numpy array (inputs the model reads, outputs it returns)."""
+    """A named numpy array (inputs the model reads, outputs it returns), or a GPU tensor.
 
-    __slots__ = ("_array", "_name")
+    ``from_dlpack`` of a CUDA tensor keeps it on the GPU, as Triton's does: ``is_cpu()``
+    is False, ``as_numpy()`` raises, ``to_dlpack()`` gives a CUDA capsule back (see
+    ``triton_python_backend_gpu``, imported only when a GPU tensor appears).
+    """
+
+    __slots__ = ("_array", "_cuda", "_name")
 
     def __init__(self, name: str, data: Any) -> None:
         if not isinstance(data, np.ndarray):
@@ -156,40 +162,99 @@ class Tensor:
             data = data.astype(np.object_)
         self._name = name
         self._array = data
+        self._cuda: Any = None
+
+    @classmethod
+    def _on_gpu(cls, name: str, array: Any) -> Tensor:
+        """A tensor over device memory (a ``triton_python_backend_gpu.CudaArray``)."""
+        tensor = cls.__new__(cls)
+        tensor._name, tensor._array, tensor._cuda = name, None, array
+        return tensor
+
+    @classmethod
+    def _from_cuda_ipc(cls, name: str, descriptor: tuple[Any, ...]) -> Tensor:
+        """An input in a client's CUDA shared memory: ``("cuda_ipc", handle, device,
+        offset, dtype, shape)`` from the server, mapped here without a copy."""
+        _kind, handle, device_id, offset, dtype, shape = descriptor
+        with _gpu_errors():
+            return cls._on_gpu(name, _gpu().ipc_input(handle, device_id, offset, dtype, shape))
 
     def name(self) -> str:
         return self._name
 
     def as_numpy(self) -> np.ndarray:
+        if self._cuda is not None:
+            raise TritonModelException("Tensor is stored in GPU and cannot be converted to NumPy.")
         return self._array
 
     def shape(self) -> list[int]:
-        return list(self._array.shape)
+        return list(self._data().shape)
 
     def triton_dtype(self) -> int | None:
-        return numpy_to_triton_type(self._array.dtype)
+        return numpy_to_triton_type(self._data().dtype)
 
     def is_cpu(self) -> bool:
-        return True
+        return self._cuda is None
 
     def to_dlpack(self) -> Any:
+        if self._cuda is not None:
+            with _gpu_errors():
+                return self._cuda.capsule()
+        if self._array.dtype == np.object_:
+            raise TritonModelException("DLPack does not have support for string tensors.")
         return self._array.__dlpack__()
 
     def __dlpack__(self, **kwargs: Any) -> Any:
+        if self._cuda is not None:  # its device finished its work when it was made (Triton)
+            return self.to_dlpack()
         return self._array.__dlpack__(**kwargs)
 
     def __dlpack_device__(self) -> tuple[int, int]:
+        if self._cuda is not None:
+            return (2, self._cuda.device_id)  # kDLCUDA
         return self._array.__dlpack_device__()
 
     @staticmethod
     def from_dlpack(name: str, capsule: Any) -> Tensor:
-        """From a DLPack capsule (``to_dlpack()``) or any object with ``__dlpack__``."""
-        source = capsule if hasattr(capsule, "__dlpack__") else _Capsule(capsule)
-        return Tensor(name, np.from_dlpack(source))
+        """From a DLPack capsule (``to_dlpack()``) or any object with ``__dlpack__``;
+        a CUDA tensor stays on its device."""
+        if name == "":
+            raise TritonModelException("Tensor name cannot be an empty string.")
+        if _is_capsule(capsule):
+            if _capsule_device(capsule) == 2:
+                with _gpu_errors():
+                    return Tensor._on_gpu(name, _gpu().from_capsule(capsule))
+            return Tensor(name, np.from_dlpack(_Capsule(capsule)))
+        if not hasattr(capsule, "__dlpack__") or not hasattr(capsule, "__dlpack_device__"):
+            raise TritonModelException(
+                "Provided tensor is not supported. Tensor must be a DLPack capsule         or "
+                "have `__dlpack__` and `__dlpack_device__` attributes"
+            )
+        device_type, device_id = capsule.__dlpack_device__()
+        if device_type == 2:
+            with _gpu_errors():
+                return Tensor._on_gpu(name, _gpu().from_cuda_producer(capsule, int(device_id)))
+        if device_type not in (1, 3):  # kDLCPU, kDLCUDAHost
+            raise TritonModelException(
+                f"DLDevice type {int(device_type)} is not support by Python backend."
+            )
+        return Tensor(name, np.from_dlpack(capsule))
+
+    def _data(self) -> Any:
+        return self._array if self._cuda is None else self._cuda
+
+    def _host_array(self) -> np.ndarray:
+        """The data in host memory, C-ordered: what the worker sends (a GPU tensor is
+        copied here, once; Triton would hand the server a CUDA IPC handle instead)."""
+        if self._cuda is not None:
+            with _gpu_errors():
+                return self._cuda.host()
+        return np.ascontiguousarray(self._array)
 
     def __repr__(self) -> str:
-        shape, dtype = list(self._array.shape), self._array.dtype
-        return f"Tensor(name={self._name!r}, shape={shape}, dtype={dtype})"
+        data = self._data()
+        where = "" if self._cuda is None else f", device=cuda:{self._cuda.device_id}"
+        return f"Tensor(name={self._name!r}, shape={list(data.shape)}, dtype={data.dtype}{where})"
 
 
 class _Capsule:
@@ -202,7 +267,45 @@ class _Capsule:
         return self._capsule
 
     def __dlpack_device__(self) -> tuple[int, int]:
-        return (1, 0)  # kDLCPU: tensors of this backend live in host memory
+        return (1, 0)  # kDLCPU: the capsule was checked to be in host memory
+
+
+def _is_capsule(value: Any) -> bool:
+    return type(value).__name__ == "PyCapsule"
+
+
+def _capsule_device(capsule: Any) -> int:
+    """The DLPack device type of an unconsumed capsule (CPU when it cannot be read here)."""
+    try:
+        return _gpu().capsule_device(capsule)[0]
+    except Exception:  # not a DLPack capsule: numpy reports it in its own words
+        return 1
+
+
+_gpu_module: Any = None
+
+
+def _gpu() -> Any:
+    """``triton_python_backend_gpu``, imported when the first GPU tensor needs it."""
+    global _gpu_module
+    if _gpu_module is None:
+        if __package__:
+            from . import triton_python_backend_gpu as module
+        else:  # the worker imports this module from its own folder, as a top-level one
+            import triton_python_backend_gpu as module  # type: ignore[no-redef]
+        _gpu_module = module
+    return _gpu_module
+
+
+@contextmanager
+def _gpu_errors() -> Iterator[None]:
+    """Raises the GPU module's errors as ``TritonModelException`` (Triton's type)."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, _gpu().GpuTensorError):
+            raise TritonModelException(str(exc)) from None
+        raise
 
 
 # --- requests and responses --------------------------------------------------------
@@ -387,7 +490,7 @@ class InferenceRequest:
         return {
             "model_name": self._model_name,
             "model_version": self._model_version,
-            "inputs": [(t.name(), t.as_numpy()) for t in self._inputs],
+            "inputs": [(t.name(), t._host_array()) for t in self._inputs],
             "outputs": self._requested_output_names,
             "id": self._request_id,
             "correlation_id": self._correlation_id,

@@ -12,10 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from triton_kernel.kernel.datatypes import datatype_of
-from triton_kernel.kernel.errors import Internal, KernelError, Unavailable
+import numpy as np
+
+from triton_kernel.kernel.datatypes import NUMPY_DTYPES, datatype_of
+from triton_kernel.kernel.errors import Internal, KernelError, Unavailable, Unsupported
 from triton_kernel.kernel.metrics import MetricKind
 from triton_kernel.kernel.request import InferenceRequest, InferenceResponse
+from triton_kernel.kernel.shared_memory import cuda_buffer
 from triton_kernel.kernel.tensor import Tensor
 
 from . import bls, ipc
@@ -323,3 +326,42 @@ def _resolve(future: asyncio.Future[Any] | None, value: Any) -> None:
 def _reject(future: asyncio.Future[Any] | None, error: BaseException) -> None:
     if future is not None and not future.done():
         future.set_exception(error)
+
+
+# --- GPU inputs --------------------------------------------------------------------------------
+
+#: Triton's model parameter that lets inputs lying on a GPU reach the model there.
+FORCE_CPU_ONLY = "FORCE_CPU_ONLY_INPUT_TENSORS"
+
+
+def gpu_input_tensors(config: Any) -> bool:
+    """Whether the model takes GPU inputs as GPU tensors (``FORCE_CPU_ONLY_INPUT_TENSORS:
+    no``); Triton's default, "yes", copies every input to host memory first."""
+    if FORCE_CPU_ONLY not in config.parameters:
+        return False
+    value = config.parameters[FORCE_CPU_ONLY].string_value
+    if value == "yes":
+        log.info("Forcing CPU only input tensors.")
+        return False
+    if value == "no":
+        log.info("Input tensors can be both in CPU and GPU. FORCE_CPU_ONLY_INPUT_TENSORS is off.")
+        return True
+    raise Unsupported(f"Incorrect value for FORCE_CPU_ONLY_INPUT_TENSORS: {value}'")
+
+
+def payload_inputs(request: InferenceRequest, gpu: bool) -> list[tuple[str, Any]]:
+    """The request's inputs for the worker: arrays in host memory; with ``gpu``, an input
+    lying in CUDA shared memory goes as what the worker needs to map it (no copy)."""
+    if not gpu:
+        return [(name, tensor.data) for name, tensor in request.inputs.items()]
+    return [(name, _gpu_input(tensor)) for name, tensor in request.inputs.items()]
+
+
+def _gpu_input(tensor: Tensor) -> Any:
+    """``("cuda_ipc", handle, device, offset, dtype, shape)`` for a tensor in CUDA shared
+    memory (BYTES stay on the CPU, as in Triton), else its host array."""
+    buffer = cuda_buffer(tensor)
+    if buffer is None or not buffer.handle or tensor.datatype == "BYTES":
+        return tensor.data
+    dtype = np.dtype(NUMPY_DTYPES[tensor.datatype]).str
+    return ("cuda_ipc", buffer.handle, buffer.device_id, buffer.offset, dtype, tensor.shape)
