@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -12,6 +13,7 @@ from triton_kernel.kernel.server import Server
 
 from . import handlers, settings, shared_memory
 from .errors import error_middleware
+from .fast import FastInfer
 from .restricted import restriction_middleware
 
 log = logging.getLogger(__name__)
@@ -71,22 +73,30 @@ def create_app(server: Server, max_input_size: int) -> web.Application:
 
 
 class HttpFrontend:
-    """Serves the application on ``--http-address``:``--http-port``."""
+    """Serves the application on ``--http-address``:``--http-port``.
+
+    Connections are served by the lean infer path (``fast.py``), which lends every
+    request of another kind to the aiohttp application.
+    """
 
     name = "http"
 
     def __init__(self, server: Server, options: ServerOptions) -> None:
+        self._server = server
+        self._options = options
         self._app = create_app(server, options.http_max_input_size)
         self._address = options.http_address
         self._port = options.http_port
         self._grace = options.exit_timeout_secs
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self._fast: FastInfer | None = None
 
     @property
     def port(self) -> int:
         """The bound port (useful with ``--http-port=0``)."""
-        assert self._runner is not None
-        return self._runner.addresses[0][1]
+        assert self._listener is not None
+        return int(self._listener.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         self._runner = web.AppRunner(
@@ -99,12 +109,28 @@ class HttpFrontend:
             shutdown_timeout=self._grace,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._address, self._port, reuse_address=True)
-        await site.start()
+        assert self._runner.server is not None
+        restrictions = http_restrictions(self._options.http_restricted_api)
+        self._fast = FastInfer(
+            self._server,
+            self._runner.server,
+            self._options.http_max_input_size,
+            restrictions.get("inference"),
+        )
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            self._fast, self._address, self._port, reuse_address=True, backlog=128
+        )
         log.info("Started HTTPService at %s:%d", self._address, self.port)
 
     async def stop(self, grace_seconds: float) -> None:
-        """Stop accepting; in-flight requests finish within the runner's shutdown timeout."""
+        """Stop accepting; in-flight requests finish within the grace period."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._fast is not None:
+            await self._fast.shutdown(self._grace)
+            self._fast = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

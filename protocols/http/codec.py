@@ -285,7 +285,29 @@ _JSON_ELEMENT_CHECKS = {
 }
 
 
+#: datatype -> the element types that need no closer look, and the range of integers.
+_PLAIN_ELEMENTS: dict[str, tuple[frozenset[type], tuple[int, int] | None]] = {
+    "BOOL": (frozenset({bool}), None),
+    "FP32": (frozenset({float, int}), None),
+    "FP64": (frozenset({float, int}), None),
+    "BYTES": (frozenset({str}), None),
+    **{
+        f"{kind}{bits}": (frozenset({int}), (low, high))
+        for bits in (8, 16, 32, 64)
+        for kind, low, high in (
+            ("UINT", 0, 2**bits - 1),
+            ("INT", -(2 ** (bits - 1)), 2 ** (bits - 1) - 1),
+        )
+    },
+}
+
+
 def check_json_elements(name: str, datatype: str, flat: list[Any]) -> None:
+    types, bounds = _PLAIN_ELEMENTS[datatype]
+    if set(map(type, flat)) <= types and (
+        bounds is None or not flat or (bounds[0] <= min(flat) and max(flat) <= bounds[1])
+    ):
+        return  # the common case, checked in C: every element of a plain, fitting type
     check, problem = _JSON_ELEMENT_CHECKS[datatype]
     for value in flat:
         if check(value):
@@ -309,7 +331,7 @@ def check_json_elements(name: str, datatype: str, flat: list[Any]) -> None:
 
 def flatten_json(data: list[Any]) -> list[Any]:
     """The elements of a nested JSON array, row-major."""
-    if not any(isinstance(item, list) for item in data):
+    if list not in set(map(type, data)):  # already flat (parsed JSON: exact types)
         return data
     flat: list[Any] = []
     for item in data:
@@ -347,6 +369,8 @@ def _check_shared_memory_output(parameters: dict[str, Any]) -> None:
 
 
 def _apply_reserved(request: InferenceRequest, parameters: dict[str, Any]) -> None:
+    if not parameters:
+        return  # the request's defaults stand
     sequence_id = parameters.get("sequence_id", 0)
     if (
         not isinstance(sequence_id, (int, str))

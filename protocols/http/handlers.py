@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from triton_kernel.kernel.errors import Internal, InvalidArgument, Unsupported
+from triton_kernel.kernel.model import ModelVersion
 from triton_kernel.kernel.request import InferenceRequest
 from triton_kernel.kernel.server import Server
 from triton_kernel.kernel.trace_record import FrontendTrace
@@ -88,20 +89,11 @@ async def infer(request: web.Request) -> web.StreamResponse:
     server = request.app[SERVER]
     frontend = FrontendTrace("HTTP", request.headers) if server.tracing else None
     name, version = request.match_info["model"], _version(request)
-    model = server.model(name, version)
-    if model.config.model_transaction_policy.decoupled:
-        raise Unsupported("HTTP end point doesn't support models with decoupled transaction policy")
+    model = infer_model(server, name, version)
     body = await _read_body(request)
-    header_length = _header_length(request, body)
-    if header_length == 0:  # the raw form: the body is the only input, outputs are binary
-        assert model.signature is not None
-        inference, binary_default = decode_raw_request(name, version, body, model.signature), True
-    else:
-        inference, binary_default = decode_request(name, version, body, header_length)
-    if frontend is not None:
-        frontend.received(inference)
-    response = await server.infer(inference, model)
-    payload, json_length = encode_response(response, inference.outputs, binary_default)
+    payload, json_length = await run_infer(
+        server, model, version, body, request.headers.get(HEADER_LENGTH), frontend
+    )
     reply = web.Response(body=payload)
     if json_length is None:
         reply.content_type = "application/json"
@@ -112,6 +104,40 @@ async def infer(request: web.Request) -> web.StreamResponse:
     if frontend is not None:
         return await send_traced(request, reply, frontend)
     return reply
+
+
+def infer_model(server: Server, name: str, version: int) -> ModelVersion:
+    """The version an infer request reaches; HTTP refuses decoupled models (Triton's text)."""
+    model = server.model(name, version)
+    if model.config.model_transaction_policy.decoupled:
+        raise Unsupported("HTTP end point doesn't support models with decoupled transaction policy")
+    return model
+
+
+async def run_infer(
+    server: Server,
+    model: ModelVersion,
+    version: int,
+    body: bytes,
+    header_length_text: str | None,
+    frontend: FrontendTrace | None = None,
+) -> tuple[bytes, int | None]:
+    """An infer body in, the response body and its JSON header's length out (None: all JSON).
+
+    ``version`` is the one asked for (-1: none). Shared by the aiohttp route and the
+    fast infer connections (``fast.py``).
+    """
+    name = model.name
+    header_length = _header_length(header_length_text, body)
+    if header_length == 0:  # the raw form: the body is the only input, outputs are binary
+        assert model.signature is not None
+        inference, binary_default = decode_raw_request(name, version, body, model.signature), True
+    else:
+        inference, binary_default = decode_request(name, version, body, header_length)
+    if frontend is not None:
+        frontend.received(inference)
+    response = await server.infer(inference, model)
+    return encode_response(response, inference.outputs, binary_default)
 
 
 # --- generate extension ----------------------------------------------------------------------
@@ -182,8 +208,7 @@ async def _read_body(request: web.Request) -> bytes:
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-def _header_length(request: web.Request, body: bytes) -> int | None:
-    text = request.headers.get(HEADER_LENGTH)
+def _header_length(text: str | None, body: bytes) -> int | None:
     if text is None:
         return None
     try:

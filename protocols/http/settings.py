@@ -159,10 +159,15 @@ class VerboseAccessLogger(AbstractAccessLogger):
     """Triton's verbose ``HTTP request:`` line; with verbose off, one attribute read.
 
     Enabled on every connection, so that a ``log_verbose_level`` set through
-    ``/v2/logging`` reaches the keep-alive connections already open.
+    ``/v2/logging`` reaches the keep-alive connections already open. Called once the
+    response is written, it also tells a fast connection (``fast.py``) that aiohttp is
+    done with the request it lent it.
     """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        done = getattr(request.transport, "request_done", None)
+        if done is not None:
+            done(bool(response.keep_alive))
         if VERBOSE.level:
             self.logger.log(
                 verbose_level(),
