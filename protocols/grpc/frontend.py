@@ -16,6 +16,7 @@ from triton_kernel.kernel.options import ServerOptions
 from triton_kernel.kernel.restricted import grpc_restrictions
 from triton_kernel.kernel.server import Server
 
+from .fast import FastModelInfer
 from .restricted import RestrictedService
 from .service import HealthService, InferenceService
 from .wire import MessageCodec
@@ -25,21 +26,33 @@ log = logging.getLogger(__name__)
 
 class _HeaderKeepingHandler(Handler):
     """Keeps each call's request headers on its stream: ``grpc-encoding`` is needed to
-    decompress (``wire.request_header``), and grpclib's metadata drops ``grpc-*`` keys."""
+    decompress (``wire.request_header``), and grpclib's metadata drops ``grpc-*`` keys.
+    Plain unary ModelInfer calls take the lean road (``fast.py``)."""
+
+    fast: FastModelInfer | None = None
 
     def accept(self, stream: Any, headers: Any, release_stream: Any) -> None:
         stream.headers = headers
         if VERBOSE.level:
             log.log(verbose_level(1), "GRPC request: %s", dict(headers).get(":path"))
+        fast = self.fast
+        if fast is not None and fast.accepts(headers):
+            self.__gc_step__()
+            # in grpclib's table of calls, so that a reset or a lost connection cancels it
+            self._tasks[stream] = self.loop.create_task(fast.serve(stream, release_stream))
+            return
         super().accept(stream, headers, release_stream)
 
 
 class _Server(GrpcServer):
+    fast: FastModelInfer | None = None
+
     def _protocol_factory(self) -> H2Protocol:
         self.__gc_step__()
         handler = _HeaderKeepingHandler(
             self._mapping, self._codec, self._status_details_codec, self.__dispatch__
         )
+        handler.fast = self.fast
         self._handlers.add(handler)
         return H2Protocol(handler, self._config, self._h2_config)
 
@@ -52,11 +65,13 @@ class GrpcFrontend:
     def __init__(self, server: Server, options: ServerOptions) -> None:
         self._options = options
         limit = options.grpc_max_message_size
-        services: list[Any] = [InferenceService(server, limit), HealthService(server, limit)]
+        inference = InferenceService(server, limit)
+        services: list[Any] = [inference, HealthService(server, limit)]
         restrictions = grpc_restrictions(options.grpc_restricted_protocol)
         if restrictions:
             services = [RestrictedService(service, restrictions) for service in services]
         self._services = services
+        self._fast = FastModelInfer(inference, "inference" in restrictions)
         self._server: _Server | None = None
 
     @property
@@ -76,6 +91,7 @@ class GrpcFrontend:
 
     async def start(self) -> None:
         self._server = _Server(self._services, codec=MessageCodec(), config=self._configuration())
+        self._server.fast = self._fast
         await self._server.start(
             self._options.grpc_address, self._options.grpc_port, reuse_address=True
         )

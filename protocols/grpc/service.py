@@ -2,7 +2,7 @@
 
 Each RPC is a short method that reads its request message, calls the ``Server`` and
 builds the reply; a ``KernelError`` becomes a gRPC status in one place
-(:func:`_serve_unary`). Every handler receives through ``wire.recv_message`` (size
+(:func:`serve_unary`). Every handler receives through ``wire.recv_message`` (size
 limit, compression). ModelInfer and ModelStreamInfer use protobuf's upb classes and
 the zero-copy codec; the other RPCs use the betterproto2 messages.
 """
@@ -134,7 +134,7 @@ class InferenceService(pb.GrpcInferenceServiceBase):
     ) -> Callable[[Stream], Awaitable[None]]:
         async def handle(stream: Stream) -> None:
             request = await wire.recv_message(stream, request_type, self.max_message_size)
-            await stream.send_message(await _serve_unary(method, request))
+            await stream.send_message(await serve_unary(method, request))
 
         return handle
 
@@ -316,7 +316,7 @@ class InferenceService(pb.GrpcInferenceServiceBase):
             raise GRPCError(
                 Status.INTERNAL, f"failed to parse the request message: {exc}"
             ) from None
-        reply = await _serve_unary(lambda m: self.model_infer(m, raw, frontend), message)
+        reply = await serve_unary(lambda m: self.model_infer(m, raw, frontend), message)
         if frontend is None:
             await stream.send_message(reply)
             return
@@ -437,7 +437,7 @@ class InferStream:
                 frontend.sent()
 
 
-async def _serve_unary(method: Callable[[Any], Awaitable[Any]], message: Any) -> Any:
+async def serve_unary(method: Callable[[Any], Awaitable[Any]], message: Any) -> Any:
     """Call an RPC method; a kernel error becomes the call's gRPC status (the one place)."""
     try:
         return await method(message)

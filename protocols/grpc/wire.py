@@ -28,7 +28,11 @@ DEFAULT_MAX_MESSAGE_SIZE = 2**31 - 1
 
 def request_header(stream: Stream, name: str) -> str | None:
     """A request header, reserved ``grpc-*`` ones included (grpclib's metadata drops them)."""
-    for key, value in stream._stream.headers or ():
+    return _header(stream._stream, name)
+
+
+def _header(h2_stream: Any, name: str) -> str | None:
+    for key, value in h2_stream.headers or ():
         if key == name:
             return value
     return None
@@ -36,24 +40,34 @@ def request_header(stream: Stream, name: str) -> str | None:
 
 async def recv_bytes(stream: Stream, max_size: int) -> bytes | None:
     """The next message's bytes, decompressed; None when the client finished sending."""
-    prefix = await stream._stream.recv_data(5)
+    data = await recv_frame(stream._stream, max_size)
+    if data is not None:
+        stream._messages_received += 1
+    return data
+
+
+async def recv_frame(h2_stream: Any, max_size: int) -> bytes | None:
+    """:func:`recv_bytes` on grpclib's protocol-level stream (``grpclib.protocol.Stream``)."""
+    prefix = await h2_stream.recv_data(5)
     if not prefix:
         return None
     if len(prefix) != 5:
         raise GRPCError(Status.INTERNAL, "incomplete gRPC message prefix")
-    compressed, length = struct.unpack(">?I", prefix)
+    compressed, length = _PREFIX.unpack(prefix)
     if length > max_size:
         raise GRPCError(
             Status.RESOURCE_EXHAUSTED,
             f"Received message larger than max ({length} vs. {max_size})",
         )
-    data = await stream._stream.recv_data(length)
+    data = await h2_stream.recv_data(length)
     if len(data) != length:
         raise GRPCError(Status.INTERNAL, "the client ended the stream inside a message")
-    stream._messages_received += 1
     if compressed:
-        data = _decompress(data, request_header(stream, "grpc-encoding"), max_size)
+        data = _decompress(data, _header(h2_stream, "grpc-encoding"), max_size)
     return data
+
+
+_PREFIX = struct.Struct(">?I")
 
 
 def _decompress(data: bytes, encoding: str | None, max_size: int) -> bytes:
