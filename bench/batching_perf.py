@@ -2,16 +2,20 @@
 
 Serves ``bench/models`` (one ``model.py``, OUTPUT0 = 2 * INPUT0 on FP32 [16], one CPU
 instance, ``max_batch_size: 32``) as ``batched`` (``dynamic_batching { }``),
-``batched_delay`` (``max_queue_delay_microseconds: 500``) and ``unbatched`` (no
-``dynamic_batching``) with the real tritonserver 2.51 and with triton-kernel, one server
-at a time, in interleaved rounds (the order of servers and models flips every round).
-Each model and protocol gets one ``perf_analyzer`` measurement at one concurrency; the
-statistics extension tells how many requests each ``execute`` received. Reports infer/s,
-p50 and p99 per round, the medians, kernel/triton ratios per model, batched/unbatched
-speedups per server, and writes ``bench/results/batching_perf.{json,md}``.
+``batched_gather`` (the same, with triton-kernel's ``gather_requests``: each batch reaches
+the model as one request holding every client's rows; tritonserver ignores the
+parameter), ``batched_delay`` (``max_queue_delay_microseconds: 500``) and ``unbatched``
+(no ``dynamic_batching``) with the real tritonserver 2.51 and with triton-kernel, one
+server at a time, in interleaved rounds (the order of servers and models flips every
+round). Each model and protocol gets one ``perf_analyzer`` measurement at one
+concurrency; the statistics extension tells how many requests each batch held. Reports
+infer/s, p50 and p99 per round, the medians, kernel/triton ratios per model,
+batched/unbatched and gathered/batched speedups per server, and writes
+``bench/results/<output>.{json,md}`` (``batching_perf`` unless ``--output`` says).
 
     python bench/batching_perf.py [--rounds N] [--concurrency 16] [--interval-ms 5000]
-        [--protocols grpc http] [--models batched batched_delay unbatched]
+        [--protocols grpc http] [--models batched batched_gather batched_delay unbatched]
+        [--base-port 19250] [--output batching_perf]
 """
 
 from __future__ import annotations
@@ -45,12 +49,12 @@ from common import (
 )
 
 MODELS = ROOT / "bench" / "models"
-BATCHED = ("batched", "batched_delay")
+BATCHED = ("batched", "batched_gather", "batched_delay")
 Starter = Callable[[Path, tuple[int, ...], Path], "Popen[bytes]"]
-#: name -> (how to start it, its HTTP/gRPC[/metrics] ports)
+#: name -> (how to start it, its HTTP/gRPC[/metrics] ports as offsets from --base-port)
 SERVERS: dict[str, tuple[Starter, tuple[int, ...]]] = {
-    "tritonserver": (start_triton, (19250, 19251, 19252)),
-    "triton-kernel": (start_kernel, (19253, 19254)),
+    "tritonserver": (start_triton, (0, 1, 2)),
+    "triton-kernel": (start_kernel, (3, 4)),
 }
 #: A busy 2-core machine rarely holds perf_analyzer's default 10% stability.
 PA_EXTRA = ("--stability-percentage", "25", "--max-trials", "10")
@@ -67,10 +71,11 @@ class Server(NamedTuple):
 
 
 @contextmanager
-def serving(name: str, repository: Path) -> Iterator[Server]:
+def serving(name: str, repository: Path, args: argparse.Namespace) -> Iterator[Server]:
     """Run server ``name`` on ``repository`` until the block ends."""
-    start, ports = SERVERS[name]
-    process = start(repository, ports, RESULTS / f"batching_perf_{name}.log")
+    start, offsets = SERVERS[name]
+    ports = tuple(args.base_port + offset for offset in offsets)
+    process = start(repository, ports, RESULTS / f"{args.output}_{name}.log")
     try:
         wait_until_ready(ports[0], process)
         yield Server(process.pid, ports[0], ports[1])
@@ -99,7 +104,7 @@ def run_round(number: int, repositories: dict[str, Path], args: argparse.Namespa
     flip = (lambda items: list(reversed(items))) if number % 2 else list
     rows = []
     for server in flip(list(SERVERS)):
-        with serving(server, repositories[server]) as running:
+        with serving(server, repositories[server], args) as running:
             for protocol in flip(args.protocols):
                 for model in flip(args.models):
                     row = measure(running, model, protocol, args)
@@ -130,6 +135,7 @@ def summarize(rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
         "medians": middle,
         "ratio_kernel_over_triton": _ratios(middle, args),
         "speedup_batched_over_unbatched": _speedups(middle, args),
+        "speedup_gathered_over_batched": _gathered(middle, args),
     }
 
 
@@ -162,6 +168,20 @@ def _speedups(middle: dict[str, Any], args: argparse.Namespace) -> dict[str, flo
         for protocol in args.protocols
         for model in args.models
         if model in BATCHED and "unbatched" in args.models
+    }
+
+
+def _gathered(middle: dict[str, Any], args: argparse.Namespace) -> dict[str, float | None]:
+    """``batched_gather`` over ``batched``: what gathering gives (tritonserver: noise)."""
+    if not {"batched", "batched_gather"} <= set(args.models):
+        return {}
+    return {
+        f"{server}/{protocol}": _divide(
+            _rate(middle, f"{server}/{protocol}/batched_gather"),
+            _rate(middle, f"{server}/{protocol}/batched"),
+        )
+        for server in SERVERS
+        for protocol in args.protocols
     }
 
 
@@ -235,6 +255,18 @@ def report(summary: dict[str, Any]) -> str:
     lines += ["", "## batched / unbatched speedup (median infer/s, per server)", ""]
     lines += ["| server/protocol/model | speedup |", "|---|---:|"]
     lines += [f"| {k} | {_cell(v)} |" for k, v in summary["speedup_batched_over_unbatched"].items()]
+    if summary.get("speedup_gathered_over_batched"):
+        lines += ["", "## gathered / batched (median infer/s, per server)", ""]
+        lines += [
+            "`batched_gather` is `batched` with `gather_requests`: triton-kernel hands the"
+            " model one request per batch (the clients' rows stacked); tritonserver has no"
+            " such option and runs it as `batched`, so its ratio shows the noise.",
+            "",
+        ]
+        lines += ["| server/protocol | ratio |", "|---|---:|"]
+        lines += [
+            f"| {k} | {_cell(v)} |" for k, v in summary["speedup_gathered_over_batched"].items()
+        ]
     return "\n".join([*lines, "", *_rounds_table(summary["runs"])]) + "\n"
 
 
@@ -266,7 +298,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--interval-ms", type=int, default=5000)
     parser.add_argument("--protocols", nargs="+", default=["grpc", "http"])
-    parser.add_argument("--models", nargs="+", default=["batched", "batched_delay", "unbatched"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["batched", "batched_gather", "batched_delay", "unbatched"],
+    )
+    parser.add_argument(
+        "--base-port",
+        type=int,
+        default=19250,
+        help="tritonserver takes this port and the next two, triton-kernel the two after",
+    )
+    parser.add_argument("--output", default="batching_perf", help="results file stem")
     return parser.parse_args()
 
 
@@ -283,13 +326,10 @@ def main() -> int:
     info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     settings = {"concurrency": args.concurrency, "interval_ms": args.interval_ms}
     summary = info | settings | {"rounds": args.rounds, "runs": rows} | summarize(rows, args)
-    (RESULTS / "batching_perf.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (RESULTS / "batching_perf.md").write_text(report(summary))
-    print(
-        json.dumps(
-            {k: summary[k] for k in ("ratio_kernel_over_triton", "speedup_batched_over_unbatched")}
-        )
-    )
+    (RESULTS / f"{args.output}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (RESULTS / f"{args.output}.md").write_text(report(summary))
+    keys = ("ratio_kernel_over_triton", "speedup_batched_over_unbatched")
+    print(json.dumps({k: summary[k] for k in (*keys, "speedup_gathered_over_batched")}))
     return 0
 
 

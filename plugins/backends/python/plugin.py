@@ -17,6 +17,7 @@ from triton_kernel.kernel.errors import InvalidArgument, KernelError, Unavailabl
 from triton_kernel.kernel.hookspecs import hookimpl
 from triton_kernel.kernel.request import InferenceRequest
 
+from .gather import gather, gather_option
 from .worker import WorkerProcess, gpu_input_tensors, payload_inputs
 from .zygote import WorkerTemplate
 
@@ -58,11 +59,13 @@ class PythonBackend:
             if context.auto_complete:
                 config = await _auto_complete(worker, config)
             gpu_inputs = gpu_input_tensors(config)  # a bad value fails the load
+            gathering = gather_option(config)
         except BaseException:
             await worker.kill(0)
             raise
         model = PythonModel(context, config, model_path, worker, self.template)
         model.gpu_inputs = gpu_inputs
+        model.gather_requests = gathering
         return model
 
     async def finalize(self) -> None:
@@ -98,6 +101,8 @@ class PythonModel:
         self._spare: WorkerProcess | None = worker
         #: ``FORCE_CPU_ONLY_INPUT_TENSORS: no``: inputs in CUDA shared memory stay there.
         self.gpu_inputs = False
+        #: ``gather_requests``: each batch's same-shaped requests reach the model as one.
+        self.gather_requests = False
         #: Where the other instances' workers (and restarted ones) fork from.
         self.template = template
 
@@ -190,6 +195,8 @@ class PythonInstance:
         await self._ready.wait()
         worker = self.worker
         assert worker is not None
+        if self.model.gather_requests:
+            requests = gather(requests)
         gpu = self.model.gpu_inputs
         payloads = [_payload(request, next(self._keys), gpu) for request in requests]
         for request, payload in zip(requests, payloads, strict=True):
