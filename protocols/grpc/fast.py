@@ -3,12 +3,12 @@
 grpclib spends more on each call than the inference it carries: a ``Stream`` with
 metadata decoding, deadline and event-dispatch machinery, and three writes for the
 answer (headers, message, trailers), each a system call and a wake-up of the client.
-A plain ModelInfer call (no ``grpc-timeout``, nothing restricted or traced) is served
-here instead, on the same HTTP/2 connection and hyper-h2 state: the message is read
-from grpclib's protocol-level stream, answered by the same service method
-(``InferenceService.model_infer``), and headers, message and trailers leave in one
-write when they fit the flow-control window, as they nearly always do. Errors end
-the call with the status and message grpclib would send.
+A plain ModelInfer call (nothing restricted or traced) is served
+here instead, on the same connection (``h2conn.py``): the message is read from its
+stream, answered by the same service method (``InferenceService.model_infer``), and
+headers (constant bytes), message and trailers leave in one write when they fit the
+flow-control window, as they nearly always do. Errors end the call with the status
+and message grpclib would send.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from typing import Any
 
 from grpclib import GRPCError
 from grpclib.const import Status
-from grpclib.metadata import encode_grpc_message
+from grpclib.metadata import decode_timeout, encode_grpc_message
 
 from triton_kernel.kernel.errors import KernelError
 
 from . import codec, wire
 from .errors import grpc_error
+from .h2conn import encode_headers
 from .service import SERVICE, InferenceService, serve_unary
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ _CONTENT_TYPES = frozenset(("application/grpc", "application/grpc+proto"))
 #: What grpclib answers with (its codec's content subtype is "proto").
 _INITIAL = [(":status", "200"), ("content-type", "application/grpc+proto")]
 _TRAILERS = [("grpc-status", "0")]
+_INITIAL_BLOCK = encode_headers(_INITIAL)
+_TRAILERS_BLOCK = encode_headers(_TRAILERS)
 _PREFIX = struct.Struct(">?I")
 
 
@@ -60,8 +63,8 @@ class FastModelInfer:
                 content_type = value
             elif key == "te":
                 te = value
-            elif key == "grpc-timeout":
-                return False  # grpclib enforces the deadline
+            elif key == "grpc-timeout" and _timeout(value) is None:
+                return False  # grpclib answers a bad one
         return (
             path == INFER_PATH
             and method == "POST"
@@ -70,10 +73,20 @@ class FastModelInfer:
         )
 
     async def serve(self, stream: Any, release_stream: Any) -> None:
-        """One call on grpclib's protocol-level ``stream``; always releases it."""
+        """One call on its ``h2conn.H2Stream``; always releases it."""
+        timeout = _deadline(stream.headers)
         try:
             try:
-                reply = await self._answer(stream)
+                if timeout is None:
+                    reply = await self._answer(stream)
+                else:
+                    async with asyncio.timeout(timeout) as deadline:
+                        reply = await self._answer(stream)
+            except TimeoutError:
+                if timeout is None or not deadline.expired():
+                    raise
+                log.info("Deadline exceeded")  # as grpclib logs it
+                await _send_status(stream, Status.DEADLINE_EXCEEDED, None)
             except GRPCError as exc:
                 await _send_status(stream, exc.status, exc.message)
             except asyncio.CancelledError:
@@ -107,29 +120,28 @@ class FastModelInfer:
         return reply
 
 
+def _timeout(text: str) -> float | None:
+    try:
+        return decode_timeout(text)
+    except ValueError:
+        return None
+
+
+def _deadline(headers: list[tuple[str, str]]) -> float | None:
+    """Seconds left for the call (``grpc-timeout``: the shortest, as grpclib reads them)."""
+    timeouts = [_timeout(value) for key, value in headers if key == "grpc-timeout"]
+    return min((t for t in timeouts if t is not None), default=None)
+
+
 async def _send_reply(stream: Any, reply: bytes) -> None:
     """Headers, the message and trailers, in one write when flow control allows it."""
-    transport = stream._transport
-    if transport.is_closing():
+    if stream._transport.is_closing():
         return
-    connection = stream._h2_connection
     framed = _PREFIX.pack(False, len(reply)) + reply
-    sid = stream.id
-    if (
-        sid not in connection.streams
-        or not stream.connection.write_ready.is_set()
-        or len(framed) > connection.local_flow_control_window(sid)
-        or len(framed) > connection.max_outbound_frame_size
-    ):
-        await stream.send_headers(_INITIAL)  # grpclib's way: waits for room, splits frames
+    if not stream.connection.send_unary(stream, _INITIAL_BLOCK, framed, _TRAILERS_BLOCK):
+        await stream.send_headers(_INITIAL)  # waits for room, splits frames
         await stream.send_data(framed)
         await stream.send_headers(_TRAILERS, end_stream=True)
-        return
-    connection.send_headers(sid, _INITIAL)
-    connection.send_data(sid, framed)
-    connection.send_headers(sid, _TRAILERS, end_stream=True)
-    transport.write(connection.data_to_send())
-    stream.connection.data_send_process()
 
 
 async def _send_status(stream: Any, status: Status, message: str | None) -> None:

@@ -7,7 +7,6 @@ import logging
 from typing import Any
 
 from grpclib.config import Configuration
-from grpclib.protocol import H2Protocol
 from grpclib.server import Handler
 from grpclib.server import Server as GrpcServer
 
@@ -16,7 +15,8 @@ from triton_kernel.kernel.options import ServerOptions
 from triton_kernel.kernel.restricted import grpc_restrictions
 from triton_kernel.kernel.server import Server
 
-from .fast import FastModelInfer
+from .fast import INFER_PATH, FastModelInfer
+from .h2conn import H2Connection
 from .restricted import RestrictedService
 from .service import HealthService, InferenceService
 from .wire import MessageCodec
@@ -35,26 +35,29 @@ class _HeaderKeepingHandler(Handler):
         stream.headers = headers
         if VERBOSE.level:
             log.log(verbose_level(1), "GRPC request: %s", dict(headers).get(":path"))
-        fast = self.fast
-        if fast is not None and fast.accepts(headers):
-            self.__gc_step__()
-            # in grpclib's table of calls, so that a reset or a lost connection cancels it
-            self._tasks[stream] = self.loop.create_task(fast.serve(stream, release_stream))
-            return
         super().accept(stream, headers, release_stream)
+
+    def accept_fast(self, stream: Any, release_stream: Any) -> None:
+        """A plain ModelInfer call (the connection asked ``fast.accepts``)."""
+        if VERBOSE.level:
+            log.log(verbose_level(1), "GRPC request: %s", INFER_PATH)
+        assert self.fast is not None
+        self.__gc_step__()
+        # in grpclib's table of calls, so that a reset or a lost connection cancels it
+        self._tasks[stream] = self.loop.create_task(self.fast.serve(stream, release_stream))
 
 
 class _Server(GrpcServer):
     fast: FastModelInfer | None = None
 
-    def _protocol_factory(self) -> H2Protocol:
+    def _protocol_factory(self) -> H2Connection:  # type: ignore[override]
         self.__gc_step__()
         handler = _HeaderKeepingHandler(
             self._mapping, self._codec, self._status_details_codec, self.__dispatch__
         )
         handler.fast = self.fast
         self._handlers.add(handler)
-        return H2Protocol(handler, self._config, self._h2_config)
+        return H2Connection(handler, self._config, self.fast)
 
 
 class GrpcFrontend:
