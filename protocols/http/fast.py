@@ -70,6 +70,9 @@ class FastInfer:
         self.max_input_size = max_input_size
         self.restriction = inference_restriction
         self.connections: set[InferConnection] = set()
+        #: Request heads seen before -> what they parse to: a client sends the same head
+        #: again and again (same route, headers and body length).
+        self.heads: dict[bytes, _Request | None] = {}
 
     def __call__(self) -> InferConnection:
         """A protocol for a new connection (the listener's factory)."""
@@ -90,9 +93,12 @@ class FastInfer:
 
 
 class _Request:
-    """A request head cut from the stream: enough to serve it here or hand it on."""
+    """A request head cut from the stream: enough to serve it here or hand it on.
 
-    __slots__ = ("end", "fast", "header_length", "model", "version")
+    Immutable once parsed: a head seen again (``FastInfer.heads``) reuses it.
+    """
+
+    __slots__ = ("end", "fast", "header_length", "model", "slow", "version")
 
     def __init__(self, end: int) -> None:
         #: Where the request (head and body) ends in the buffer.
@@ -101,6 +107,13 @@ class _Request:
         self.model = ""
         self.version = -1
         self.header_length: str | None = None
+        #: The same request, for aiohttp (when verbose logging or tracing is on).
+        self.slow = self
+
+
+_UNSEEN = _Request(0)
+#: How many distinct request heads are remembered (then forgotten all at once).
+_HEADS_KEPT = 256
 
 
 class InferConnection(asyncio.Protocol):
@@ -178,7 +191,16 @@ class InferConnection(asyncio.Protocol):
             if len(buffer) >= _MAX_HEAD:
                 self._hand_over()
             return
-        request = self._parse_head(bytes(buffer[:head_end]), head_end + 4)
+        head = bytes(buffer[:head_end])
+        heads = self._owner.heads
+        request = heads.get(head, _UNSEEN)
+        if request is _UNSEEN:
+            request = self._parse_head(head, head_end + 4)
+            if len(heads) >= _HEADS_KEPT:
+                heads.clear()
+            heads[head] = request
+        if request is not None and request.fast and (VERBOSE.level or self._owner.server.tracing):
+            request = request.slow  # settings that only the aiohttp route honours
         if request is None:
             self._hand_over()
             return
@@ -216,7 +238,7 @@ class InferConnection(asyncio.Protocol):
         match = _INFER.fullmatch(parts[1])
         if match is None or parts[0] != b"POST" or parts[2] != b"HTTP/1.1":
             return request
-        if VERBOSE.level or owner.server.tracing or not _NOT_FAST.isdisjoint(headers):
+        if not _NOT_FAST.isdisjoint(headers):
             return request
         if _compresses(headers.get(b"accept-encoding")) or not _allowed(owner.restriction, headers):
             return request
@@ -230,6 +252,7 @@ class InferConnection(asyncio.Protocol):
         header_length = headers.get(b"inference-header-content-length")
         request.header_length = None if header_length is None else header_length.decode("latin-1")
         request.fast = True
+        request.slow = _Request(request.end)
         return request
 
     async def _serve(self, name: str, version: int, body: bytes, header_length: str | None) -> None:
