@@ -220,7 +220,10 @@ def _payload(request: InferenceRequest, key: int, gpu: bool = False) -> dict[str
         "model_version": request.model_version,
         "inputs": payload_inputs(request, gpu),
         "outputs": [output.name for output in request.outputs],
-        "parameters": json.dumps(request.parameters, separators=(",", ":")),  # Triton's form
+        # Triton's compact form; "{}" without building an encoder (most requests)
+        "parameters": json.dumps(request.parameters, separators=(",", ":"))
+        if request.parameters
+        else "{}",
         "correlation_id": request.correlation_id,
         "flags": request.flags,
         "timeout": request.timeout_us,

@@ -35,7 +35,8 @@ class Worker:
         self.sock = sock
         #: Reentrant: a Metric freed by the garbage collector during a send releases itself.
         self.send_lock = threading.RLock()
-        self.inbox: queue.Queue[Any] = queue.Queue()
+        #: A C queue: the reader thread hands each message to the main thread through it.
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.model_class: Any = None
         self.model: Any = None
         self.decoupled = False
@@ -349,7 +350,8 @@ def encode_response(response: Any) -> Any:
         code = pb_utils.TritonError.CODE_NAMES.get(error.code(), "INTERNAL")
         return ("error", code, error.message())
     outputs = [(t.name(), t._host_array()) for t in response.output_tensors()]
-    return ("ok", outputs, json.loads(response.parameters()))
+    parameters = response.parameters()
+    return ("ok", outputs, json.loads(parameters) if parameters != "{}" else {})
 
 
 def input_tensor(name: str, value: Any) -> pb_utils.Tensor:
