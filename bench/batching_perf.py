@@ -252,9 +252,11 @@ def report(summary: dict[str, Any]) -> str:
     lines += ["", "## triton-kernel / tritonserver (median infer/s)", ""]
     lines += ["| protocol/model | ratio |", "|---|---:|"]
     lines += [f"| {k} | {_cell(v)} |" for k, v in summary["ratio_kernel_over_triton"].items()]
-    lines += ["", "## batched / unbatched speedup (median infer/s, per server)", ""]
-    lines += ["| server/protocol/model | speedup |", "|---|---:|"]
-    lines += [f"| {k} | {_cell(v)} |" for k, v in summary["speedup_batched_over_unbatched"].items()]
+    if summary["speedup_batched_over_unbatched"]:
+        lines += ["", "## batched / unbatched speedup (median infer/s, per server)", ""]
+        lines += ["| server/protocol/model | speedup |", "|---|---:|"]
+        speedups = summary["speedup_batched_over_unbatched"].items()
+        lines += [f"| {k} | {_cell(v)} |" for k, v in speedups]
     if summary.get("speedup_gathered_over_batched"):
         lines += ["", "## gathered / batched (median infer/s, per server)", ""]
         lines += [
