@@ -115,7 +115,13 @@ class WorkerProcess:
 
     def _on_message(self, message: Any) -> None:
         kind = message[0]
-        if kind == "reply":
+        if kind == "batch_done":  # first: one per inference
+            requests, done = self._batches.pop(message[1])
+            for request, result in zip(requests, message[2], strict=False):
+                deliver(request, result)
+            self._forget_answered()
+            _resolve(done, None)
+        elif kind == "reply":
             _resolve(self._calls.pop(message[1], None), message[2])
         elif kind == "reply_error":
             _reject(self._calls.pop(message[1], None), Internal(message[2]))
@@ -131,12 +137,6 @@ class WorkerProcess:
             task = self._bls.get(message[1])
             if task is not None:
                 task.cancel()
-        elif kind == "batch_done":
-            requests, done = self._batches.pop(message[1])
-            for request, result in zip(requests, message[2], strict=False):
-                deliver(request, result)
-            self._forget_answered()
-            _resolve(done, None)
         elif kind == "batch_error":
             requests, done = self._batches.pop(message[1])
             error = Internal(
