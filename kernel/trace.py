@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,9 +118,9 @@ class TraceFile:
             if indexed:
                 path = Path(f"{self.name}.{self._index}")
                 self._index += 1
-                path.write_text(f"[{content}]", encoding="utf-8")
+                _write_whole(path, f"[{content}]")
             elif not self._started:
-                Path(self.name).write_text(f"[{content}]", encoding="utf-8")
+                _write_whole(Path(self.name), f"[{content}]")
                 self._started = True
             else:
                 with open(self.name, "r+b") as file:  # replace the closing "]"
@@ -127,6 +128,13 @@ class TraceFile:
                     file.write(f",{content}]".encode())
         except OSError as exc:
             log.error("failed creating trace file: %s", exc)
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write beside, then rename: a reader never sees a truncated, half-written file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
 
 
 class TraceSetting:
