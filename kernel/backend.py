@@ -8,12 +8,14 @@ batches of requests on an instance, finalize instances, then the model.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .request import InferenceRequest
+from .request import InferenceRequest, InferenceResponse
 
 
 @dataclass(slots=True)
@@ -90,3 +92,45 @@ class Backend(Protocol):
 
     async def finalize(self) -> None:
         """Release the backend at server shutdown."""
+
+
+class ThreadedInstance:
+    """An instance whose runner lives on one thread of its own.
+
+    For backends whose frameworks release the GIL (PyTorch, TensorRT): the runner is
+    built, run and released on that thread. Subclasses build it in ``_create_runner``;
+    the runner has ``batching`` (one call for the whole batch) and ``run(batch)`` (each
+    request's outputs, in order).
+    """
+
+    def __init__(self, spec: InstanceSpec, thread_prefix: str) -> None:
+        self.spec = spec
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{thread_prefix}-{spec.name}")
+        self._runner: Any = None
+
+    def _create_runner(self) -> Any:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._runner = await loop.run_in_executor(self._executor, self._create_runner)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
+
+    async def execute(self, requests: Sequence[InferenceRequest]) -> None:
+        runner = self._runner
+        assert runner is not None
+        live = [r for r in requests if not r.done]  # cancelled while queued: skip them
+        batches = [live] if runner.batching else [[r] for r in live]
+        loop = asyncio.get_running_loop()
+        for batch in batches:
+            if not batch:
+                continue
+            outputs = await loop.run_in_executor(self._executor, runner.run, batch)
+            for request, tensors in zip(batch, outputs, strict=True):
+                request.respond(InferenceResponse(request.model_name, "", outputs=tensors))
+
+    async def _stop_thread(self) -> None:
+        await asyncio.to_thread(self._executor.shutdown, wait=True)

@@ -12,15 +12,12 @@ import asyncio
 import logging
 import threading
 import warnings
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from triton_kernel.kernel.backend import InstanceSpec, ModelContext
+from triton_kernel.kernel.backend import InstanceSpec, ModelContext, ThreadedInstance
 from triton_kernel.kernel.errors import Unavailable
 from triton_kernel.kernel.hookspecs import hookimpl
-from triton_kernel.kernel.request import InferenceRequest, InferenceResponse
 
 from .binding import Binding, bind, forward_arguments, strict_binding
 from .devices import check_instance_groups, device_for
@@ -188,22 +185,12 @@ class PyTorchModel:
         self._shared.clear()
 
 
-class PyTorchInstance:
+class PyTorchInstance(ThreadedInstance):
     """One instance: a thread of its own running its module on its device."""
 
     def __init__(self, model: PyTorchModel, spec: InstanceSpec) -> None:
+        super().__init__(spec, "pytorch")
         self.model = model
-        self.spec = spec
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"pytorch-{spec.name}")
-        self._runner: Runner | None = None
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            self._runner = await loop.run_in_executor(self._executor, self._create_runner)
-        except BaseException:
-            self._executor.shutdown(wait=False)
-            raise
 
     def _create_runner(self) -> Runner:
         model = self.model
@@ -220,22 +207,9 @@ class PyTorchInstance:
             python_runtime=model.python_runtime,
         )
 
-    async def execute(self, requests: Sequence[InferenceRequest]) -> None:
-        runner = self._runner
-        assert runner is not None
-        live = [r for r in requests if not r.done]  # cancelled while queued: skip them
-        batches = [live] if runner.batching else [[r] for r in live]
-        loop = asyncio.get_running_loop()
-        for batch in batches:
-            if not batch:
-                continue
-            outputs = await loop.run_in_executor(self._executor, runner.run, batch)
-            for request, tensors in zip(batch, outputs, strict=True):
-                request.respond(InferenceResponse(request.model_name, "", outputs=tensors))
-
     async def finalize(self) -> None:
         runner, self._runner = self._runner, None
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await self._stop_thread()
         if runner is not None and runner.cuda:
             runner.module = None
             runner.torch.cuda.empty_cache()

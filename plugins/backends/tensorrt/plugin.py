@@ -11,15 +11,12 @@ neither (instance kinds, NVDLA settings, the plan file) come first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from triton_kernel.kernel.backend import InstanceSpec, ModelContext
+from triton_kernel.kernel.backend import InstanceSpec, ModelContext, ThreadedInstance
 from triton_kernel.kernel.errors import Unavailable
 from triton_kernel.kernel.hookspecs import hookimpl
-from triton_kernel.kernel.request import InferenceRequest, InferenceResponse
 from triton_kernel.plugins.backends.pytorch.devices import check_instance_groups
 
 from .engine_io import TensorInfo, check_config, complete_config, describe, profile_indices
@@ -120,22 +117,12 @@ class TensorRTModel:
         self.loader.close()
 
 
-class TensorRTInstance:
+class TensorRTInstance(ThreadedInstance):
     """One instance: its thread, stream and execution contexts on one GPU (and NVDLA core)."""
 
     def __init__(self, model: TensorRTModel, spec: InstanceSpec) -> None:
+        super().__init__(spec, "tensorrt")
         self.model = model
-        self.spec = spec
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"tensorrt-{spec.name}")
-        self._runner: EngineRunner | None = None
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            self._runner = await loop.run_in_executor(self._executor, self._create_runner)
-        except BaseException:
-            self._executor.shutdown(wait=False)
-            raise
 
     def _create_runner(self) -> EngineRunner:
         model = self.model
@@ -150,21 +137,8 @@ class TensorRTInstance:
             self.spec.name,
         )
 
-    async def execute(self, requests: Sequence[InferenceRequest]) -> None:
-        runner = self._runner
-        assert runner is not None
-        live = [r for r in requests if not r.done]
-        batches = [live] if runner.batching else [[r] for r in live]
-        loop = asyncio.get_running_loop()
-        for batch in batches:
-            if not batch:
-                continue
-            outputs = await loop.run_in_executor(self._executor, runner.run, batch)
-            for request, tensors in zip(batch, outputs, strict=True):
-                request.respond(InferenceResponse(request.model_name, "", outputs=tensors))
-
     async def finalize(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:  # contexts are released on the thread that used them
             await asyncio.get_running_loop().run_in_executor(self._executor, runner.close)
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await self._stop_thread()
