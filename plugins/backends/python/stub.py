@@ -1,10 +1,12 @@
 """The worker process of one Python-model instance (Triton's "stub").
 
-Started by the server as ``python stub.py <fd> <dir>`` with its end of a socket pair, or
-forked from the warm worker template (``zygote.py``), which calls ``serve``. One
-reader thread takes messages off the socket (so a cancellation, or the answer to a
-BLS request, arrives while ``execute`` runs); the main thread loads the model and
-executes batches in order.
+Started by the server as ``python stub.py <fd>,<side fd> <dir>`` with its ends of two
+socket pairs, or forked from the warm worker template (``zygote.py``), which calls
+``serve``. The main thread reads the main socket itself (execute and lifecycle
+messages: no hand-off between threads on the way to ``execute``) and runs them in
+order; a side thread reads the side socket, whose messages must arrive while
+``execute`` runs: cancellations, the responses of BLS requests, metric replies.
+Everything the worker sends goes back on the main socket.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import inspect
 import itertools
 import json
 import logging
-import queue
 import signal
 import socket
 import sys
@@ -31,19 +32,18 @@ import triton_python_backend_utils as pb_utils
 class Worker:
     """Holds the model object and answers the server's messages."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, side: socket.socket) -> None:
         self.sock = sock
+        self.side = side
         #: Reentrant: a Metric freed by the garbage collector during a send releases itself.
         self.send_lock = threading.RLock()
-        #: A C queue: the reader thread hands each message to the main thread through it.
-        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.model_class: Any = None
         self.model: Any = None
         self.decoupled = False
         #: key -> the request object, so a cancellation can reach it (a decoupled
         #: model's request stays until its FINAL flag is sent).
         self.pending: dict[int, pb_utils.InferenceRequest] = {}
-        #: Keys cancelled by the server, perhaps before their batch left the inbox.
+        #: Keys cancelled by the server, perhaps before their batch was read.
         self.cancelled: set[int] = set()
         self.loop = asyncio.new_event_loop()
         self.bls = BlsClient(self.send)
@@ -54,38 +54,42 @@ class Worker:
         with self.send_lock:
             ipc.send_blocking(self.sock, message)
 
-    def read_forever(self) -> None:
+    def read_side(self) -> None:
+        """The side thread: deliver what must not wait for ``execute`` to return."""
         while True:
             try:
-                message = ipc.receive_blocking(self.sock)
+                message = ipc.receive_blocking(self.side)
             except OSError:
                 message = None
-            if message is None:
+            if message is None:  # the server closed the worker: wake every waiting caller
                 self.bls.close()
                 self.metrics.close()
-                self.inbox.put(("exit",))
                 return
-            if message[0] == "bls":  # straight to its caller, which may be blocked in execute
+            kind = message[0]
+            if kind == "bls":  # straight to its caller, which may be blocked in execute
                 self.bls.deliver(*message[1:])
-                continue
-            if message[0] == "metric_reply":  # likewise
+            elif kind == "metric_reply":  # likewise
                 self.metrics.deliver(*message[1:])
-                continue
-            if message[0] == "cancel":
+            elif kind == "cancel":
                 self.cancelled.add(message[1])  # before the lookup: make_request checks after
                 request = self.pending.get(message[1])
                 if request is not None:
                     request._cancelled = True
-                continue
-            self.inbox.put(message)
 
     def run(self) -> None:
-        threading.Thread(target=self.read_forever, daemon=True).start()
+        threading.Thread(target=self.read_side, daemon=True).start()
+        receive = ipc.receive_blocking
         while True:
-            message = self.inbox.get()
-            kind = message[0]
-            if kind == "exit":
+            try:
+                message = receive(self.sock)
+            except OSError:
+                message = None
+            if message is None:
                 return
+            kind = message[0]
+            if kind == "execute":
+                self.on_execute(message[1], message[2])
+                continue
             getattr(self, f"on_{kind}")(*message[1:])
             if kind == "finalize":
                 return
@@ -195,7 +199,7 @@ class Worker:
         )
         key = payload["key"]
         self.pending[key] = request
-        if key in self.cancelled:  # cancelled while its batch waited in the inbox
+        if key in self.cancelled:  # cancelled while its batch waited in the socket
             request._cancelled = True
         if self.decoupled:
             request._sender = pb_utils.InferenceResponseSender(
@@ -398,21 +402,23 @@ def _die_with_parent() -> None:
 
 
 def main() -> None:
-    serve(int(sys.argv[1]), sys.argv[2])
+    serve([int(fd) for fd in sys.argv[1].split(",")], sys.argv[2])
 
 
-def serve(fd: int, model_dir: str) -> None:
-    """Be the worker on socket ``fd``: from ``main`` (a fresh interpreter) or in a child
-    forked by the worker template (``zygote.py``), which imported this module already."""
+def serve(fds: list[int], model_dir: str) -> None:
+    """Be the worker on sockets ``fds`` (main, side): from ``main`` (a fresh interpreter)
+    or in a child forked by the worker template (``zygote.py``), which imported this
+    module already."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when a worker stops
     _die_with_parent()
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(levelname).1s %(name)s] %(message)s"
     )
-    sock = socket.socket(fileno=fd)
+    sock, side = (socket.socket(fileno=fd) for fd in fds)
     sock.setblocking(True)
+    side.setblocking(True)
     sys.path.insert(0, str(Path(model_dir).resolve()))  # the model's own modules
-    worker = Worker(sock)
+    worker = Worker(sock, side)
     model_log = logging.getLogger("triton_python_backend")  # pb_utils.Logger
     model_log.addHandler(ServerLog(worker.send))
     model_log.setLevel(logging.DEBUG)  # the server's log settings decide what is written

@@ -48,7 +48,11 @@ class WorkerProcess:
         #: Requests of a decoupled model by key, until their FINAL flag arrives.
         self._open: dict[int, InferenceRequest] = {}
         self._ids = itertools.count()
+        #: Execute and lifecycle messages, and everything the worker sends back.
         self._channel: ipc.AsyncChannel | None = None
+        #: Messages the worker must see while ``execute`` runs (cancellations, BLS
+        #: responses, metric replies): read by its side thread.
+        self._side: ipc.AsyncChannel | None = None
         self.closed = asyncio.get_running_loop().create_future()
 
     @classmethod
@@ -61,16 +65,21 @@ class WorkerProcess:
     ) -> WorkerProcess:
         """Start a worker: forked from ``template`` when given, else a fresh interpreter."""
         server_end, worker_end = ipc.socket_pair()
+        side_server_end, side_worker_end = ipc.socket_pair()
+        worker_ends = (worker_end, side_worker_end)
         try:
-            process = await _start_process(label, version_dir, worker_end, template)
+            process = await _start_process(label, version_dir, worker_ends, template)
         except BaseException:
             server_end.close()
+            side_server_end.close()
             raise
         finally:
-            worker_end.close()
+            for end in worker_ends:
+                end.close()
         worker = cls(label, process, server)
         loop = asyncio.get_running_loop()
         worker._channel = ipc.AsyncChannel(server_end, loop, worker._on_message, worker._on_closed)
+        worker._side = ipc.AsyncChannel(side_server_end, loop, worker._on_message, _ignore)
         return worker
 
     # --- calls ---------------------------------------------------------------------------
@@ -101,13 +110,14 @@ class WorkerProcess:
 
     def cancel(self, key: int) -> None:
         if not self.closed.done():
-            self._send(("cancel", key))
+            self._send(("cancel", key), side=True)
 
-    def _send(self, message: Any) -> None:
-        if self._channel is None or self.closed.done():
+    def _send(self, message: Any, side: bool = False) -> None:
+        channel = self._side if side else self._channel
+        if channel is None or self.closed.done():
             raise Unavailable(f"the Python worker of '{self.label}' is not running")
         try:
-            self._channel.send(message)
+            channel.send(message)
         except ConnectionError:
             raise Unavailable(f"the Python worker of '{self.label}' is not running") from None
 
@@ -185,7 +195,7 @@ class WorkerProcess:
     def _reply_bls(self, call: int, result: Any, last: bool) -> None:
         if not self.closed.done():
             try:
-                self._send(("bls", call, result, last))
+                self._send(("bls", call, result, last), side=True)
             except Unavailable:
                 pass  # the worker is gone: nobody waits for the answer
 
@@ -199,7 +209,7 @@ class WorkerProcess:
             log.exception("metric request %s of '%s' failed", op, self.label)
             reply = ("error", f"metric request '{op}' failed: {exc}")
         if call is not None:
-            self._send(("metric_reply", call, reply))
+            self._send(("metric_reply", call, reply), side=True)
         elif reply[0] == "error":  # the worker checked it first: a bug if it fails here
             log.warning("metric %s of '%s' failed: %s", op, self.label, reply[1])
 
@@ -240,9 +250,10 @@ class WorkerProcess:
         await self.kill(timeout)
 
     async def kill(self, timeout: float = 5.0) -> None:
-        """Close the channel (the worker exits on end-of-file), then reap the process."""
-        if self._channel is not None:
-            self._channel.close()
+        """Close the channels (the worker exits on end-of-file), then reap the process."""
+        for channel in (self._side, self._channel):
+            if channel is not None:
+                channel.close()
         if self.process.returncode is None:
             try:
                 await asyncio.wait_for(self.process.wait(), timeout)
@@ -252,18 +263,22 @@ class WorkerProcess:
 
 
 async def _start_process(
-    label: str, version_dir: Path, worker_end: socket.socket, template: WorkerTemplate | None
+    label: str,
+    version_dir: Path,
+    worker_ends: Sequence[socket.socket],
+    template: WorkerTemplate | None,
 ) -> Any:
-    """The worker's process (the caller closes ``worker_end`` afterwards)."""
+    """The worker's process (the caller closes ``worker_ends`` afterwards)."""
     if template is not None:
-        return await template.fork(worker_end, version_dir, label)
+        return await template.fork(worker_ends, version_dir, label)
+    fds = [end.fileno() for end in worker_ends]
     try:
         return await asyncio.create_subprocess_exec(
             sys.executable,
             str(STUB),
-            str(worker_end.fileno()),
+            ",".join(map(str, fds)),
             str(version_dir),
-            pass_fds=(worker_end.fileno(),),
+            pass_fds=fds,
             stdin=subprocess.DEVNULL,
         )
     except OSError as exc:
@@ -316,6 +331,10 @@ def _metric_operation(worker: WorkerProcess, op: str, args: tuple[Any, ...]) -> 
     if op in ("increment", "set", "observe", "value"):
         return getattr(registry, op)(*args)
     raise Internal(f"unknown metric request '{op}'")
+
+
+def _ignore() -> None:
+    """The side channel closing: the main channel's closing does the work."""
 
 
 def _resolve(future: asyncio.Future[Any] | None, value: Any) -> None:

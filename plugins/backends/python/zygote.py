@@ -13,8 +13,8 @@ The template reaps its children and reports their exit statuses; the server sign
 a worker through the template, which alone may reuse the worker's pid.
 
 Control messages are pickled tuples, one per datagram of a ``SOCK_SEQPACKET`` pair:
-server -> template ``("fork", token, version_dir)`` with the worker's socket
-attached, ``("kill", pid, signal)``; template -> server ``("ready", pid)``,
+server -> template ``("fork", token, version_dir)`` with the worker's two socket
+ends attached, ``("kill", pid, signal)``; template -> server ``("ready", pid)``,
 ``("forked", token, pid)``, ``("fork_error", token, text)``, ``("exited", pid, code)``.
 """
 
@@ -28,11 +28,14 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 TEMPLATE = Path(__file__).resolve()
 _BUFFER = 64 * 1024
+#: A fork message carries the new worker's two socket ends.
+_MAX_FDS = 2
 
 
 class TemplateGone(ConnectionError):
@@ -89,8 +92,11 @@ class WorkerTemplate:
         """The template's pid while it runs."""
         return self._process.pid if self._process is not None and self._sock else None
 
-    async def fork(self, worker_end: socket.socket, version_dir: Path, label: str) -> ForkedProcess:
-        """A new worker serving ``worker_end`` (the caller closes its copy)."""
+    async def fork(
+        self, worker_ends: Sequence[socket.socket], version_dir: Path, label: str
+    ) -> ForkedProcess:
+        """A new worker serving ``worker_ends`` (see ``stub.serve``; the caller closes its
+        copies)."""
         # Here, not at the top: the template runs this file too, and must not import the kernel.
         from triton_kernel.kernel.errors import Unavailable
 
@@ -99,7 +105,7 @@ class WorkerTemplate:
         self._forks[token] = future
         try:
             await self._ensure_started()
-            self._send(("fork", token, str(version_dir)), worker_end.fileno())
+            self._send(("fork", token, str(version_dir)), [end.fileno() for end in worker_ends])
             return await future
         except TemplateGone as exc:
             raise Unavailable(f"unable to start the Python worker for '{label}': {exc}") from None
@@ -155,15 +161,15 @@ class WorkerTemplate:
         self._sock = server_end
         asyncio.get_running_loop().add_reader(server_end.fileno(), self._readable)
 
-    def _send(self, message: tuple[Any, ...], fd: int | None = None) -> None:
+    def _send(self, message: tuple[Any, ...], fds: Sequence[int] = ()) -> None:
         if self._sock is None:
             raise TemplateGone("the worker template is not running")
         data = pickle.dumps(message)
         try:
-            if fd is None:
-                self._sock.send(data)
+            if fds:
+                socket.send_fds(self._sock, [data], fds)
             else:
-                socket.send_fds(self._sock, [data], [fd])
+                self._sock.send(data)
         except OSError as exc:  # a full buffer too: the template has stopped reading
             self._closed()
             raise TemplateGone(f"the worker template is not responding: {exc}") from None
@@ -247,31 +253,32 @@ class _Template:
                     self.reap()
 
     def on_control(self) -> bool:
-        data, fds, _flags, _address = socket.recv_fds(self.control, _BUFFER, 1)
+        data, fds, _flags, _address = socket.recv_fds(self.control, _BUFFER, _MAX_FDS)
         if not data:
             return False  # the server stopped us (or died): exit, and the workers with us
         message = pickle.loads(data)
         if message[0] == "fork" and fds:
-            self.fork(message[1], message[2], fds.pop())
+            self.fork(message[1], message[2], fds)
+            fds = []
         elif message[0] == "kill" and message[1] in self.children:
             os.kill(message[1], message[2])  # not reaped yet: the pid is still the worker's
         for fd in fds:
             os.close(fd)
         return True
 
-    def fork(self, token: int, version_dir: str, fd: int) -> None:
+    def fork(self, token: int, version_dir: str, fds: list[int]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         template = os.getpid()
         try:
             pid = os.fork()
         except OSError as exc:
-            os.close(fd)
+            _close_all(fds)
             self.send(("fork_error", token, str(exc)))
             return
         if pid == 0:
-            self.become_worker(fd, version_dir, template)  # never returns
-        os.close(fd)
+            self.become_worker(fds, version_dir, template)  # never returns
+        _close_all(fds)
         self.children.add(pid)
         self.send(("forked", token, pid))
 
@@ -291,8 +298,8 @@ class _Template:
             self.children.discard(pid)
             self.send(("exited", pid, os.waitstatus_to_exitcode(status)))
 
-    def become_worker(self, fd: int, version_dir: str, template: int) -> None:
-        """In the child: drop the template's state and run the stub on ``fd``."""
+    def become_worker(self, fds: list[int], version_dir: str, template: int) -> None:
+        """In the child: drop the template's state and run the stub on ``fds``."""
         code = 1
         try:
             import stub
@@ -307,8 +314,8 @@ class _Template:
                 os.close(end)
             self.control.close()
             _after_fork(Path(version_dir).parent.name)
-            sys.argv = [stub.__file__, str(fd), version_dir]
-            stub.serve(fd, version_dir)
+            sys.argv = [stub.__file__, ",".join(map(str, fds)), version_dir]
+            stub.serve(fds, version_dir)
             code = 0
         except SystemExit as exc:  # as the interpreter maps it
             code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
@@ -333,6 +340,11 @@ def _after_fork(model: str) -> None:
         ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name), 0, 0, 0)  # PR_SET_NAME, for ps/top
     except (OSError, AttributeError):
         pass
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _exit(code: int) -> None:
