@@ -76,22 +76,38 @@ async def execute_batch(
     Returns whether ``execute`` returned (rather than raised). A decoupled model may
     still answer later, from its own threads, so its requests are left open.
     """
-    returned = False
     try:
         await instance.execute(batch)
-    except KernelError as exc:
-        error: KernelError = exc
-    except Exception as exc:  # a backend bug must not kill the instance loop
-        log.exception("model '%s' failed to execute", model_name)
-        error = Internal(f"model '{model_name}' failed to execute: {exc}")
-    else:
-        if decoupled:
-            return True
-        returned = True
-        error = Internal(f"model '{model_name}' returned no response for the request")
+    except Exception as exc:
+        fail_batch(batch, _execute_error(exc, model_name))
+        return False
+    if not decoupled:
+        fail_unanswered(batch, model_name)
+    return True
+
+
+def fail_batch(batch: Sequence[InferenceRequest], error: KernelError) -> None:
     for request in batch:
         request.fail(error)
-    return returned
+
+
+def fail_unanswered(batch: Sequence[InferenceRequest], model_name: str) -> None:
+    """After ``execute`` returned: fail the requests the model did not answer."""
+    for request in batch:
+        if not request.done:
+            request.fail(Internal(f"model '{model_name}' returned no response for the request"))
+
+
+def _traced(batch: list[InferenceRequest]) -> bool:
+    return any(request.trace is not None for request in batch)
+
+
+def _execute_error(exc: Exception, model_name: str) -> KernelError:
+    if isinstance(exc, KernelError):
+        return exc
+    # a backend bug must not kill the instance loop
+    log.error("model '%s' failed to execute", model_name, exc_info=exc)
+    return Internal(f"model '{model_name}' failed to execute: {exc}")
 
 
 class InstancePool:
@@ -125,6 +141,8 @@ class InstancePool:
             max(getattr(i, "pipeline_depth", 1), 1) if pipelined else 1 for i in self.instances
         ]
         self._busy = [0] * len(self.instances)
+        #: Each instance's ``submit`` (a callback-driven execute), where it has one.
+        self._submits = [getattr(i, "submit", None) for i in self.instances]
         self._capacity = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
 
@@ -157,9 +175,26 @@ class InstancePool:
         batch: list[InferenceRequest],
         after: Callable[[list[InferenceRequest]], None] | None = None,
     ) -> None:
-        """Execute ``batch`` on instance ``index`` in the background; then call ``after``."""
+        """Execute ``batch`` on instance ``index`` in the background; then call ``after``.
+
+        An instance with ``submit`` (the Python backend's) is handed the batch at once,
+        and calls back when it is done: no task and no coroutine frames per batch.
+        """
         self._busy[index] += 1
-        task = asyncio.create_task(self._run(index, batch, after))
+        submit = self._submits[index]
+        start = None
+        if submit is not None and not _traced(batch):  # traces need the task's context
+            start = self._begin(batch)
+            try:
+                accepted = submit(batch, lambda: self._end(index, batch, after, start, True))
+            except Exception as exc:
+                fail_batch(batch, _execute_error(exc, self.model_name))
+                self._end(index, batch, after, start, False)
+                return
+            if accepted:
+                return
+            # not ready (a worker restarting): wait for it in a task
+        task = asyncio.create_task(self._run(index, batch, after, start))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
@@ -168,47 +203,80 @@ class InstancePool:
         index: int,
         batch: list[InferenceRequest],
         after: Callable[[list[InferenceRequest]], None] | None,
+        start: tuple[int, list[Any]] | None,
     ) -> None:
+        if start is None:
+            start = self._begin(batch)
+        returned = False
         try:
-            await self._execute(self.instances[index], batch)
+            returned = await execute_batch(
+                self.instances[index], batch, self.model_name, self.decoupled
+            )
+        finally:
+            self._finish(index, batch, after, start, returned)
+
+    def _begin(self, batch: list[InferenceRequest]) -> tuple[int, list[Any]]:
+        """Count the batch's queue times; the batch's start time and its traces."""
+        if VERBOSE.level:
+            log.log(verbose_level(), "model %s, executing %d requests", self.model_name, len(batch))
+        started = time.perf_counter_ns()
+        traces = []
+        queued = self.statistics.queued
+        for request in batch:
+            queued(started - request.enqueued_ns)
+            if request.trace is not None:
+                traces.append(request.trace)
+        if traces:
+            trace.compute_started(traces, len(batch) == 1)
+        return started, traces
+
+    def _end(
+        self,
+        index: int,
+        batch: list[InferenceRequest],
+        after: Callable[[list[InferenceRequest]], None] | None,
+        start: tuple[int, list[Any]],
+        returned: bool,
+    ) -> None:
+        """A submitted batch is done (``returned``: rather than refused)."""
+        if returned and not self.decoupled:
+            fail_unanswered(batch, self.model_name)
+        self._finish(index, batch, after, start, returned)
+
+    def _finish(
+        self,
+        index: int,
+        batch: list[InferenceRequest],
+        after: Callable[[list[InferenceRequest]], None] | None,
+        start: tuple[int, list[Any]],
+        returned: bool,
+    ) -> None:
+        started, traces = start
+        executed = time.perf_counter_ns()
+        try:
+            if traces:
+                trace.computed(traces, started, started, executed)
+            if returned:
+                rows = (
+                    len(batch)
+                    if not self.batching
+                    else sum(request_batch_size(r, True) for r in batch)
+                )
+                self.statistics.executed(
+                    len(batch), rows, 0, executed - started, time.perf_counter_ns() - executed
+                )
         finally:
             self._busy[index] -= 1
             self._capacity.set()
             if after is not None:
                 after(batch)
 
-    async def _execute(self, instance: ModelInstance, batch: list[InferenceRequest]) -> None:
-        if VERBOSE.level:
-            log.log(verbose_level(), "model %s, executing %d requests", self.model_name, len(batch))
-        started = time.perf_counter_ns()
-        traces = []
-        for request in batch:
-            self.statistics.queued(started - request.enqueued_ns)
-            if request.trace is not None:
-                traces.append(request.trace)
-        called = time.perf_counter_ns()
-        if traces:
-            trace.compute_started(traces, len(batch) == 1)
-        returned = False
-        try:
-            returned = await execute_batch(instance, batch, self.model_name, self.decoupled)
-        finally:
-            executed = time.perf_counter_ns()
-            if traces:
-                trace.computed(traces, started, called, executed)
-        if returned:
-            self.statistics.executed(
-                len(batch),
-                sum(request_batch_size(r, self.batching) for r in batch),
-                called - started,
-                executed - called,
-                time.perf_counter_ns() - executed,
-            )
-
     async def drain(self) -> None:
-        """Wait for every running batch."""
+        """Wait for every running batch (tasks, and batches handed to ``submit``)."""
         while self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+        while any(self._busy):
+            await self.wait_for_room()
 
 
 class DirectScheduler:

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from google.protobuf import json_format
@@ -193,15 +193,24 @@ class PythonInstance:
 
     async def execute(self, requests: Sequence[InferenceRequest]) -> None:
         await self._ready.wait()
+        done = asyncio.get_running_loop().create_future()
+        self.submit(requests, lambda: done.done() or done.set_result(None))
+        await done
+
+    def submit(self, requests: Sequence[InferenceRequest], on_done: Callable[[], None]) -> bool:
+        """Send a batch to the worker now; ``on_done`` once it is done. False: no worker
+        is ready (one is restarting), nothing was sent."""
         worker = self.worker
-        assert worker is not None
+        if worker is None or not self._ready.is_set():
+            return False
         if self.model.gather_requests:
             requests = gather(requests)
         gpu = self.model.gpu_inputs
         payloads = [_payload(request, next(self._keys), gpu) for request in requests]
         for request, payload in zip(requests, payloads, strict=True):
             request.on_cancel(lambda key=payload["key"]: worker.cancel(key))
-        await worker.execute(requests, payloads)
+        worker.submit(requests, payloads, on_done)
+        return True
 
     async def finalize(self) -> None:
         self._stopping = True

@@ -8,7 +8,7 @@ import logging
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ class WorkerProcess:
         #: BLS requests of the model in flight, by the worker's call id.
         self._bls: dict[int, asyncio.Task[None]] = {}
         self._calls: dict[int, asyncio.Future[Any]] = {}
-        self._batches: dict[int, tuple[Sequence[InferenceRequest], asyncio.Future[None]]] = {}
+        self._batches: dict[int, tuple[Sequence[InferenceRequest], Callable[[], None]]] = {}
         #: Requests of a decoupled model by key, until their FINAL flag arrives.
         self._open: dict[int, InferenceRequest] = {}
         self._ids = itertools.count()
@@ -92,11 +92,16 @@ class WorkerProcess:
         self._send((kind, call, *args))
         return await future
 
-    async def execute(self, requests: Sequence[InferenceRequest], payloads: list[dict]) -> None:
-        """Run one batch; each request is answered when the worker reports the batch done."""
+    def submit(
+        self,
+        requests: Sequence[InferenceRequest],
+        payloads: list[dict],
+        on_done: Callable[[], None],
+    ) -> None:
+        """Send one batch; ``on_done`` is called once the worker reported it done (each
+        request answered or failed by then), or the worker died."""
         batch = next(self._ids)
-        done = asyncio.get_running_loop().create_future()
-        self._batches[batch] = (requests, done)
+        self._batches[batch] = (requests, on_done)
         for request, payload in zip(requests, payloads, strict=True):
             self._open[payload["key"]] = request
         try:
@@ -106,6 +111,11 @@ class WorkerProcess:
             for payload in payloads:
                 self._open.pop(payload["key"], None)
             raise
+
+    async def execute(self, requests: Sequence[InferenceRequest], payloads: list[dict]) -> None:
+        """:meth:`submit`, awaited."""
+        done = asyncio.get_running_loop().create_future()
+        self.submit(requests, payloads, lambda: _resolve(done, None))
         await done
 
     def cancel(self, key: int) -> None:
@@ -126,11 +136,12 @@ class WorkerProcess:
     def _on_message(self, message: Any) -> None:
         kind = message[0]
         if kind == "batch_done":  # first: one per inference
-            requests, done = self._batches.pop(message[1])
+            requests, on_done = self._batches.pop(message[1])
             for request, result in zip(requests, message[2], strict=False):
                 deliver(request, result)
-            self._forget_answered()
-            _resolve(done, None)
+            if self._open:
+                self._forget_answered()
+            on_done()
         elif kind == "reply":
             _resolve(self._calls.pop(message[1], None), message[2])
         elif kind == "reply_error":
@@ -148,7 +159,7 @@ class WorkerProcess:
             if task is not None:
                 task.cancel()
         elif kind == "batch_error":
-            requests, done = self._batches.pop(message[1])
+            requests, on_done = self._batches.pop(message[1])
             error = Internal(
                 f"Failed to process the request(s) for model '{self.label}', message: {message[2]}"
             )
@@ -156,7 +167,7 @@ class WorkerProcess:
             for request in requests:
                 request.fail(error)
             self._forget_answered()
-            _resolve(done, None)
+            on_done()
         else:
             log.warning("unexpected message %r from the worker of '%s'", kind, self.label)
 
@@ -224,11 +235,11 @@ class WorkerProcess:
         for future in self._calls.values():
             _reject(future, error)
         self._calls.clear()
-        for requests, done in self._batches.values():
+        batches, self._batches = list(self._batches.values()), {}
+        for requests, on_done in batches:
             for request in requests:
                 request.fail(error)
-            _resolve(done, None)
-        self._batches.clear()
+            on_done()
         for request in self._open.values():
             request.fail(error)
         self._open.clear()
