@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -16,7 +16,7 @@ from .cache import ResponseCache, request_key
 from .errors import InvalidArgument, KernelError, Unavailable
 from .request import InferenceRequest, InferenceResponse
 from .scheduler import Scheduler, create_scheduler, request_batch_size
-from .statistics import ModelStatistics, current_failure
+from .statistics import FailureReason, ModelStatistics, current_failure, failure_reason
 from .validation import Signature, validate_request
 from .warmup import WarmupTarget, warm_up
 
@@ -126,6 +126,45 @@ class ModelVersion:
                 request.trace.request_done(ok)
             if key:
                 self._cache_insert(key, lookup_ns, response if ok else None)
+
+    def submit(
+        self, request: InferenceRequest, on_done: Callable[[asyncio.Future[Any]], None]
+    ) -> asyncio.Future[Any]:
+        """:meth:`infer` without a coroutine, for the frontends' hot paths (no response
+        cache here: the server routes those requests to ``infer``).
+
+        Raises what ``infer`` raises before queueing; then ``on_done(future)`` is called
+        from the event loop once the request is answered, counted and traced. Cancelling
+        the returned future cancels the request.
+        """
+        scheduler = self._admit(request)
+        future = request.bind(asyncio.get_running_loop())
+        self.in_flight += 1
+        try:
+            scheduler.enqueue(request)
+        except BaseException:
+            self.in_flight -= 1  # a full queue refused it: not counted, as in Triton
+            if request.trace is not None:
+                request.trace.request_done(False)
+            raise
+        future.add_done_callback(lambda done: self._submitted(request, done, on_done))
+        return future
+
+    def _submitted(
+        self,
+        request: InferenceRequest,
+        future: asyncio.Future[Any],
+        on_done: Callable[[asyncio.Future[Any]], None],
+    ) -> None:
+        self.in_flight -= 1
+        error = asyncio.CancelledError() if future.cancelled() else future.exception()
+        ok = error is None
+        rows = request_batch_size(request, self.config.max_batch_size > 0) if ok else 1
+        reason = failure_reason(error) if not ok else FailureReason.OTHER
+        self.statistics.request_done(request.enqueued_ns, ok, rows, reason)
+        if request.trace is not None:
+            request.trace.request_done(ok)
+        on_done(future)
 
     def _count(self, request: InferenceRequest, ok: bool, *, streamed: bool = False) -> None:
         """Count a finished request (call it in a ``finally``: a failure's reason is the

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, final
 
 from . import __version__
@@ -25,7 +25,7 @@ from .plugins import BackendLoader, create_plugin_manager
 from .poller import RepositoryPoller
 from .repository import RepositorySource
 from .request import InferenceRequest, InferenceResponse
-from .shared_memory import Attachment, SharedMemoryRegistry
+from .shared_memory import Attachment, SharedMemoryRegistry, uses_shared_memory
 from .trace import TraceManager, read_trace_update
 
 log = logging.getLogger(__name__)
@@ -347,6 +347,46 @@ class Server:
             shared_memory.write_outputs(response)
         return response
 
+    def submit(
+        self,
+        request: InferenceRequest,
+        model: ModelVersion,
+        on_done: Callable[[InferenceResponse | None, BaseException | None], None],
+    ) -> asyncio.Future[Any]:
+        """:meth:`infer` for the frontends' hot paths: callbacks instead of coroutines.
+
+        ``model`` is ``self.model()``'s answer for the request. What ``infer`` raises
+        before the request is queued is raised here; afterwards ``on_done(response,
+        None)`` or ``on_done(None, error)`` is called once, from the event loop (the
+        error is a ``CancelledError`` when the returned future was cancelled, as a
+        frontend does when its client goes away). Requests that need more than the plain
+        road (tracing, shared memory, the response cache) run ``infer`` in a task.
+        """
+        if (
+            self._trace.active
+            or model.cache is not None
+            or model.config.model_transaction_policy.decoupled
+            or uses_shared_memory(request)
+        ):
+            task = asyncio.ensure_future(self.infer(request, model))
+            task.add_done_callback(lambda done: _report(done, on_done))
+            return task
+
+        def finished(future: asyncio.Future[Any]) -> None:
+            if future.cancelled():
+                on_done(None, asyncio.CancelledError())
+            elif future.exception() is not None:
+                on_done(None, future.exception())
+            else:
+                try:
+                    response = _finish(future.result(), request, model)
+                except KernelError as exc:
+                    on_done(None, exc)
+                else:
+                    on_done(response, None)
+
+        return model.submit(request, finished)
+
     def infer_stream(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
         """Run one request and yield every response: many (or none) for a decoupled model.
 
@@ -386,6 +426,19 @@ class Server:
         finally:
             await responses.aclose()  # type: ignore[attr-defined]
             shared_memory.release()
+
+
+def _report(
+    task: asyncio.Future[InferenceResponse],
+    on_done: Callable[[InferenceResponse | None, BaseException | None], None],
+) -> None:
+    """``Server.submit``'s callback for a request ``infer`` ran in a task."""
+    if task.cancelled():
+        on_done(None, asyncio.CancelledError())
+    elif task.exception() is not None:
+        on_done(None, task.exception())
+    else:
+        on_done(task.result(), None)
 
 
 def _finish(

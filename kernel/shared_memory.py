@@ -457,7 +457,7 @@ class SharedMemoryRegistry:
         model's shape checks, when ``signature`` is given) the byte size of each input.
         Use the result as a context manager: leaving it ends the leases.
         """
-        if not _uses_shared_memory(request):
+        if not uses_shared_memory(request):
             return _NOTHING
         attachment = Attachment(self)
         try:
@@ -508,7 +508,8 @@ class _Span:
     byte_size: int
 
 
-def _uses_shared_memory(request: InferenceRequest) -> bool:
+def uses_shared_memory(request: InferenceRequest) -> bool:
+    """Whether an input or an output of ``request`` names a shared-memory region."""
     for tensor in request.inputs.values():
         if tensor.parameters and REGION in tensor.parameters:
             return True

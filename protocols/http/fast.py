@@ -4,7 +4,9 @@ aiohttp costs about 50 us of CPU per request before a handler runs (request and
 response objects, a task per request, routing, middlewares), as much as the rest of an
 identity inference. So every connection starts here: a plain ``POST .../infer`` with a
 ``Content-Length`` body is parsed in a few lines and answered from the same handler
-core as the aiohttp route (``handlers.run_infer``), with one write.
+core as the aiohttp route (``handlers.decode_infer`` and the codec), with one write;
+the kernel calls back when the response is ready (``Server.submit``): no task and no
+coroutine per request.
 
 Any other request (another route or method, compressed bodies or responses, a
 restricted or traced request, verbose logging) is served by the aiohttp application
@@ -29,11 +31,13 @@ import orjson
 
 from triton_kernel.kernel.errors import KernelError
 from triton_kernel.kernel.logsettings import VERBOSE
+from triton_kernel.kernel.request import InferenceRequest, InferenceResponse
 from triton_kernel.kernel.restricted import Restriction
 from triton_kernel.kernel.server import Server
 
+from .codec import encode_response
 from .errors import status_of
-from .handlers import HEADER_LENGTH, infer_model, run_infer
+from .handlers import HEADER_LENGTH, decode_infer, infer_model
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +139,8 @@ class InferConnection(asyncio.Protocol):
         self._owner = owner
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
-        #: The infer request being served here.
-        self.task: asyncio.Task[None] | None = None
+        #: The infer request being served here (cancelling it cancels the request).
+        self.task: asyncio.Future[Any] | None = None
         #: The aiohttp handler serving the current request, if aiohttp serves it.
         self._lane: _Lane | None = None
         self._closing = False
@@ -211,9 +215,7 @@ class InferConnection(asyncio.Protocol):
             return
         body = bytes(buffer[head_end + 4 : request.end])
         del buffer[: request.end]
-        self.task = asyncio.get_running_loop().create_task(
-            self._serve(request.model, request.version, body, request.header_length)
-        )
+        self._serve(request.model, request.version, body, request.header_length)
 
     def _parse_head(self, head: bytes, body_start: int) -> _Request | None:
         """The request ``head`` starts, or None when only aiohttp can frame the stream."""
@@ -255,22 +257,62 @@ class InferConnection(asyncio.Protocol):
         request.slow = _Request(request.end)
         return request
 
-    async def _serve(self, name: str, version: int, body: bytes, header_length: str | None) -> None:
+    def _serve(self, name: str, version: int, body: bytes, header_length: str | None) -> None:
+        """Decode and submit the request; ``_answer`` replies when it is done.
+
+        No task and no coroutine: the kernel calls back. A request refused before it
+        is queued is answered at once, and the next one is read in a later turn of the
+        loop (pipelined bad requests must not recurse).
+        """
         server = self._owner.server
         try:
+            model = infer_model(server, name, version)
+            inference, binary = decode_infer(model, version, body, header_length)
+            self.task = server.submit(
+                inference,
+                model,
+                lambda response, error: self._answer(inference, binary, response, error),
+            )
+            return
+        except KernelError as exc:
+            self._reply(status_of(exc), _JSON, orjson.dumps({"error": exc.message}))
+        except Exception:
+            log.exception("unhandled error serving POST %s infer", name)
+            self._reply(500, _JSON, b'{"error":"internal server error"}')
+        loop = asyncio.get_running_loop()
+        self.task = answered = loop.create_future()
+        answered.set_result(None)
+        loop.call_soon(self._served_after, answered)
+
+    def _answer(
+        self,
+        inference: InferenceRequest,
+        binary: bool,
+        response: InferenceResponse | None,
+        error: BaseException | None,
+    ) -> None:
+        """The kernel's callback: write the response (or the error), then read on."""
+        self.task = None
+        if response is not None:
             try:
-                model = infer_model(server, name, version)
-                payload, json_length = await run_infer(server, model, version, body, header_length)
+                payload, json_length = encode_response(response, inference.outputs, binary)
             except KernelError as exc:
-                self._reply(status_of(exc), _JSON, orjson.dumps({"error": exc.message}))
-            except Exception:
-                log.exception("unhandled error serving POST %s infer", name)
-                self._reply(500, _JSON, b'{"error":"internal server error"}')
+                error = exc
             else:
                 self._reply(200, _JSON if json_length is None else _OCTETS, payload, json_length)
-        finally:
-            self.task = None
+        if isinstance(error, KernelError):
+            self._reply(status_of(error), _JSON, orjson.dumps({"error": error.message}))
+        elif isinstance(error, asyncio.CancelledError):
+            return  # the client went away
+        elif error is not None:
+            log.error("unhandled error serving an infer request", exc_info=error)
+            self._reply(500, _JSON, b'{"error":"internal server error"}')
         self._served()
+
+    def _served_after(self, answered: asyncio.Future[None]) -> None:
+        if self.task is answered:
+            self.task = None
+            self._served()
 
     def _reply(
         self, status: int, content_type: bytes, body: bytes, json_length: int | None = None

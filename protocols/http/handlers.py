@@ -127,17 +127,22 @@ async def run_infer(
     ``version`` is the one asked for (-1: none). Shared by the aiohttp route and the
     fast infer connections (``fast.py``).
     """
-    name = model.name
-    header_length = _header_length(header_length_text, body)
-    if header_length == 0:  # the raw form: the body is the only input, outputs are binary
-        assert model.signature is not None
-        inference, binary_default = decode_raw_request(name, version, body, model.signature), True
-    else:
-        inference, binary_default = decode_request(name, version, body, header_length)
+    inference, binary_default = decode_infer(model, version, body, header_length_text)
     if frontend is not None:
         frontend.received(inference)
     response = await server.infer(inference, model)
     return encode_response(response, inference.outputs, binary_default)
+
+
+def decode_infer(
+    model: ModelVersion, version: int, body: bytes, header_length_text: str | None
+) -> tuple[InferenceRequest, bool]:
+    """The request an infer body carries, and whether its outputs default to binary."""
+    header_length = _header_length(header_length_text, body)
+    if header_length == 0:  # the raw form: the body is the only input, outputs are binary
+        assert model.signature is not None
+        return decode_raw_request(model.name, version, body, model.signature), True
+    return decode_request(model.name, version, body, header_length)
 
 
 # --- generate extension ----------------------------------------------------------------------
