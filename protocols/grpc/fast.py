@@ -22,7 +22,7 @@ from grpclib import GRPCError
 from grpclib.const import Status
 from grpclib.metadata import decode_timeout, encode_grpc_message
 
-from triton_kernel.kernel.errors import KernelError
+from triton_kernel.kernel.errors import KernelError, Unsupported
 
 from . import codec, wire
 from .errors import grpc_error
@@ -72,6 +72,11 @@ class FastModelInfer:
             and content_type in _CONTENT_TYPES
         )
 
+    def start(self, stream: Any, release_stream: Any) -> asyncio.Future[None]:
+        """Serve a call by callbacks (:class:`UnaryCall`); the returned future stands for
+        the call in grpclib's table of calls (cancelling it cancels the call)."""
+        return UnaryCall(self, stream, release_stream).handle
+
     async def serve(self, stream: Any, release_stream: Any) -> None:
         """One call on its ``h2conn.H2Stream``; always releases it."""
         timeout = _deadline(stream.headers)
@@ -118,6 +123,172 @@ class FastModelInfer:
             ) from None
         reply: bytes = await serve_unary(lambda m: service.model_infer(m, raw, None), message)
         return reply
+
+
+class UnaryCall:
+    """One plain ModelInfer call, served without a task when it can be.
+
+    The message is taken when the client ends its stream (a unary client sends it
+    whole), decoded and handed to ``Server.submit``; the answer is written from the
+    kernel's callback. Anything out of the ordinary (a compressed or oversized message,
+    no room to write) continues on :meth:`FastModelInfer.serve`'s road, in a task.
+    ``handle`` is the call's entry in grpclib's table: a reset stream or a lost
+    connection cancels it, and with it the request.
+    """
+
+    __slots__ = ("_answering", "_fast", "_release", "_request", "_stream", "_timer", "handle")
+
+    def __init__(self, fast: FastModelInfer, stream: Any, release: Any) -> None:
+        self._fast = fast
+        self._stream = stream
+        self._release = release
+        self._request: asyncio.Future[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        #: An answer is on its way (the deadline passed, or an error is being sent).
+        self._answering = False
+        loop = asyncio.get_running_loop()
+        self.handle: asyncio.Future[None] = loop.create_future()
+        self.handle.add_done_callback(self._ended)
+        timeout = _deadline(stream.headers)
+        if timeout is not None:
+            self._timer = loop.call_later(timeout, self._expire)
+        stream.on_data = self._data
+        if stream.remote_closed:  # (headers that end the stream: no message at all)
+            loop.call_soon(self._data)
+
+    def _data(self) -> None:
+        stream = self._stream
+        if self.handle.done() or self._answering or stream.reset_done:
+            return
+        if stream._size >= 5:
+            compressed, length = _PREFIX.unpack(stream.peek(5))
+            if compressed or length > self._fast.service.max_message_size:
+                self._in_task()  # decompression and its errors live there
+                return
+        if not stream.remote_closed:
+            stream._give_back(stream._size)  # let the rest of the message come
+            return
+        stream.on_data = None
+        data = stream.take_all()
+        if len(data) < 5:
+            self._fail(Status.INTERNAL, "the client sent no request message")
+        elif len(data) != 5 + length:
+            self._fail(Status.INTERNAL, "the client ended the stream inside a message")
+        else:
+            try:
+                self._submit(memoryview(data)[5:])
+            except GRPCError as exc:
+                self._fail(exc.status, exc.message)
+            except Exception:
+                log.exception("unhandled error in a gRPC call")
+                self._fail(Status.INTERNAL, "internal server error")
+
+    def _submit(self, data: memoryview) -> None:
+        service = self._fast.service
+        try:
+            message, raw = codec.parse_infer_request(bytes(data))
+        except KernelError as exc:
+            raise grpc_error(exc) from None
+        except Exception as exc:
+            raise GRPCError(
+                Status.INTERNAL, f"failed to parse the request message: {exc}"
+            ) from None
+        try:
+            request, _ = codec.decode_infer_request(message, raw)
+            server = service.server
+            model = server.model(request.model_name, request.model_version)
+            if model.config.model_transaction_policy.decoupled:
+                raise Unsupported(
+                    "ModelInfer RPC doesn't support models with decoupled transaction policy"
+                )
+            self._request = server.submit(request, model, self._answer)
+        except KernelError as exc:
+            raise grpc_error(exc) from None
+
+    def _answer(self, response: Any, error: BaseException | None) -> None:
+        """The kernel's callback."""
+        self._request = None
+        if self.handle.done() or self._answering:
+            return  # cancelled, or the deadline passed: answered already
+        if error is None:
+            try:
+                reply = codec.encode_infer_response(response)
+            except KernelError as exc:
+                error = exc
+            else:
+                self._reply(reply)
+                return
+        if isinstance(error, KernelError):
+            status = grpc_error(error)
+            self._fail(status.status, status.message)
+        elif isinstance(error, asyncio.CancelledError):
+            self._finish()
+        else:
+            log.error("unhandled error in a gRPC call", exc_info=error)
+            self._fail(Status.INTERNAL, "internal server error")
+
+    def _reply(self, reply: bytes) -> None:
+        stream = self._stream
+        if stream._transport.is_closing():
+            self._finish()
+            return
+        framed = _PREFIX.pack(False, len(reply)) + reply
+        if stream.connection.send_unary(stream, _INITIAL_BLOCK, framed, _TRAILERS_BLOCK):
+            self._finish()
+        else:
+            self._answering = True
+            self._finish_in_task(_send_reply(stream, reply))
+
+    def _fail(self, status: Status, message: str | None) -> None:
+        self._answering = True
+        self._finish_in_task(_send_status(self._stream, status, message))
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.handle.done():
+            return
+        log.info("Deadline exceeded")  # as grpclib logs it
+        self._answering = True
+        if self._request is not None:
+            self._request.cancel()
+            self._request = None
+        self._fail(Status.DEADLINE_EXCEEDED, None)
+
+    def _in_task(self) -> None:
+        """Hand the call to the task-based road (which reads the rest itself)."""
+        self._stream.on_data = None
+        self._close_timer()
+        handler = self._stream.connection.handler
+        task = asyncio.get_running_loop().create_task(self._fast.serve(self._stream, self._release))
+        if handler._tasks.get(self._stream) is self.handle:
+            handler._tasks[self._stream] = task
+        self.handle.remove_done_callback(self._ended)
+        self.handle.set_result(None)
+
+    def _finish_in_task(self, sending: Any) -> None:
+        """Send an answer that may have to wait for the connection, then finish."""
+        task = asyncio.get_running_loop().create_task(sending)
+        task.add_done_callback(lambda done: self._finish(done))
+
+    def _finish(self, sent: asyncio.Future[None] | None = None) -> None:
+        if sent is not None and not sent.cancelled() and sent.exception() is not None:
+            log.debug("could not answer a ModelInfer call", exc_info=sent.exception())
+        if not self.handle.done():
+            self.handle.set_result(None)
+
+    def _ended(self, handle: asyncio.Future[None]) -> None:
+        """The call is over: answered, or cancelled (reset, connection lost, shutdown)."""
+        self._stream.on_data = None
+        self._close_timer()
+        if self._request is not None:
+            self._request.cancel()
+            self._request = None
+        self._release()
+
+    def _close_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _timeout(text: str) -> float | None:

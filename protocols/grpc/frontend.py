@@ -44,7 +44,7 @@ class _HeaderKeepingHandler(Handler):
         assert self.fast is not None
         self.__gc_step__()
         # in grpclib's table of calls, so that a reset or a lost connection cancels it
-        self._tasks[stream] = self.loop.create_task(self.fast.serve(stream, release_stream))
+        self._tasks[stream] = self.fast.start(stream, release_stream)
 
 
 class _Server(GrpcServer):

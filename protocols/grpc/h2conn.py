@@ -166,6 +166,8 @@ class H2Stream:
         self.local_closed = False
         self.reset_done = False
         self.released = False
+        #: Called after each piece of data (and the end) arrives, when set (``fast.py``).
+        self.on_data: Callable[[], None] | None = None
 
     # --- receiving ----------------------------------------------------------------------
 
@@ -178,6 +180,8 @@ class H2Stream:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self.on_data is not None:
+            self.on_data()
 
     async def recv_data(self, size: int) -> bytes:
         """``size`` bytes, or fewer when the client ended the stream first."""
@@ -205,6 +209,22 @@ class H2Stream:
         self._size -= size
         self._acked -= size
         return b"".join(chunks)
+
+    def take_all(self) -> bytes:
+        """Every buffered byte, at once (the client ended the stream)."""
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        size, self._size = self._size, 0
+        self._give_back(size)
+        self._acked -= size
+        return chunks[0].tobytes() if len(chunks) == 1 else b"".join(chunks)
+
+    def peek(self, size: int) -> bytes:
+        """The first ``size`` buffered bytes (fewer if fewer are buffered), left in place."""
+        first = self._chunks[0] if self._chunks else b""
+        if len(first) >= size:
+            return bytes(first[:size])
+        return b"".join(self._chunks)[:size]
 
     def _give_back(self, upto: int) -> None:
         """Acknowledge the first ``upto`` buffered bytes (those not acknowledged yet)."""
