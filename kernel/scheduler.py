@@ -146,6 +146,10 @@ class InstancePool:
         self._capacity = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
 
+    def held(self) -> int:
+        """Batches handed to instances but not started: each runs one at a time."""
+        return sum(busy - 1 for busy in self._busy if busy > 1)
+
     def has_room(self, index: int) -> bool:
         return self._busy[index] < self._depths[index]
 
@@ -184,16 +188,23 @@ class InstancePool:
         submit = self._submits[index]
         start = None
         if submit is not None and not _traced(batch):  # traces need the task's context
-            start = self._begin(batch)
+            # An idle instance starts the batch now; a busy one holds it, and its time
+            # held counts as queued once the instance says when it started (``_end``).
+            held = self._busy[index] > 1
+            start = self._begin(batch, count_queue=not held)
             try:
-                accepted = submit(batch, lambda: self._end(index, batch, after, start, True))
+                accepted = submit(
+                    batch,
+                    lambda began: self._end(index, batch, after, start, True, held, began),
+                )
             except Exception as exc:
                 fail_batch(batch, _execute_error(exc, self.model_name))
-                self._end(index, batch, after, start, False)
+                self._end(index, batch, after, start, False, held)
                 return
             if accepted:
                 return
             # not ready (a worker restarting): wait for it in a task
+            start = None
         task = asyncio.create_task(self._run(index, batch, after, start))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
@@ -215,15 +226,19 @@ class InstancePool:
         finally:
             self._finish(index, batch, after, start, returned)
 
-    def _begin(self, batch: list[InferenceRequest]) -> tuple[int, list[Any]]:
-        """Count the batch's queue times; the batch's start time and its traces."""
+    def _begin(
+        self, batch: list[InferenceRequest], count_queue: bool = True
+    ) -> tuple[int, list[Any]]:
+        """Count the batch's queue times (now, or when it ends: ``_end``); the batch's
+        start time and its traces."""
         if VERBOSE.level:
             log.log(verbose_level(), "model %s, executing %d requests", self.model_name, len(batch))
         started = time.perf_counter_ns()
         traces = []
         queued = self.statistics.queued
         for request in batch:
-            queued(started - request.enqueued_ns)
+            if count_queue:
+                queued(started - request.enqueued_ns)
             if request.trace is not None:
                 traces.append(request.trace)
         if traces:
@@ -237,10 +252,21 @@ class InstancePool:
         after: Callable[[list[InferenceRequest]], None] | None,
         start: tuple[int, list[Any]],
         returned: bool,
+        held: bool,
+        began: int | None = None,
     ) -> None:
-        """A submitted batch is done (``returned``: rather than refused)."""
+        """A submitted batch is done (``returned``: rather than refused). ``held``: the
+        instance held it behind others; the time held counts as queued, as it would in
+        Triton's queue, up to ``began`` (when the instance started it, if it says)."""
         if returned and not self.decoupled:
             fail_unanswered(batch, self.model_name)
+        if held:  # its queue time is counted now
+            submitted, traces = start
+            began = min(max(began or submitted, submitted), time.perf_counter_ns())
+            queued = self.statistics.queued
+            for request in batch:
+                queued(began - request.enqueued_ns)
+            start = (began, traces)
         self._finish(index, batch, after, start, returned)
 
     def _finish(
@@ -300,8 +326,9 @@ class DirectScheduler:
         self._waiting.append(request)
 
     def pending(self) -> int:
-        """Requests waiting for an instance (``nv_inference_pending_request_count``)."""
-        return len(self._waiting)
+        """Requests waiting for an instance (``nv_inference_pending_request_count``),
+        counting those an instance holds behind the one it runs."""
+        return len(self._waiting) + self._pool.held()
 
     def _start_waiting(self, _finished: list[InferenceRequest]) -> None:
         """A batch finished: start the waiting requests that now have room."""

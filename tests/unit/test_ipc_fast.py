@@ -68,8 +68,9 @@ def test_execute_travels_fast_with_every_field() -> None:
 def test_batch_done_and_send_travel_fast() -> None:
     out = np.arange(6, dtype=np.int64).reshape(2, 3)
     results = [("ok", [("OUT", out)], {"p": "v"}), ("error", "INTERNAL", "boom"), None]
-    decoded, kind = _round_trip(("batch_done", 3, results))
+    decoded, kind = _round_trip(("batch_done", 3, results, 12345))
     assert kind == FAST_INLINE
+    assert decoded[3] == 12345  # when the worker started the batch
     ok, error, nothing = decoded[2]
     assert ok[0] == "ok" and ok[2] == {"p": "v"}
     np.testing.assert_array_equal(ok[1][0][1], out)
@@ -93,7 +94,7 @@ def test_batch_done_and_send_travel_fast() -> None:
     ],
 )
 def test_unusual_arrays_round_trip(array: np.ndarray) -> None:
-    decoded, kind = _round_trip(("batch_done", 1, [("ok", [("O", array)], {})]))
+    decoded, kind = _round_trip(("batch_done", 1, [("ok", [("O", array)], {})], 0))
     assert kind == FAST_INLINE
     got = decoded[2][0][1][0][1]
     assert got.shape == array.shape and got.dtype == array.dtype

@@ -145,13 +145,13 @@ def _drop_result(result: Any, buffers: Iterator[memoryview]) -> Any:
 
 
 def _lift_done(message: tuple[Any, ...], views: list[memoryview]) -> tuple[Any, ...]:
-    kind, batch, results = message
-    return (kind, batch, [_lift_result(result, views) for result in results])
+    kind, batch, results, started = message
+    return (kind, batch, [_lift_result(result, views) for result in results], started)
 
 
 def _drop_done(message: tuple[Any, ...], buffers: Iterator[memoryview]) -> tuple[Any, ...]:
-    kind, batch, results = message
-    return (kind, batch, [_drop_result(result, buffers) for result in results])
+    kind, batch, results, started = message
+    return (kind, batch, [_drop_result(result, buffers) for result in results], started)
 
 
 def _lift_send(message: tuple[Any, ...], views: list[memoryview]) -> tuple[Any, ...]:

@@ -134,9 +134,11 @@ class PythonInstance:
     """One instance: its worker process, restarted when it dies."""
 
     _keys = itertools.count()
-    #: The worker runs one batch at a time; holding the next one in its inbox saves a
-    #: round trip between batches (the scheduler still prefers an idle instance).
-    pipeline_depth = 2
+    #: The worker runs one batch at a time; holding the next ones in its socket saves a
+    #: round trip between batches, and under load lets the worker run on instead of
+    #: sleeping and being woken for each (the scheduler still prefers an idle instance;
+    #: the worker reports when each batch really started, for the queue statistics).
+    pipeline_depth = 4
 
     def __init__(self, model: PythonModel, spec: InstanceSpec) -> None:
         self.model = model
@@ -194,12 +196,15 @@ class PythonInstance:
     async def execute(self, requests: Sequence[InferenceRequest]) -> None:
         await self._ready.wait()
         done = asyncio.get_running_loop().create_future()
-        self.submit(requests, lambda: done.done() or done.set_result(None))
+        self.submit(requests, lambda _started: done.done() or done.set_result(None))
         await done
 
-    def submit(self, requests: Sequence[InferenceRequest], on_done: Callable[[], None]) -> bool:
-        """Send a batch to the worker now; ``on_done`` once it is done. False: no worker
-        is ready (one is restarting), nothing was sent."""
+    def submit(
+        self, requests: Sequence[InferenceRequest], on_done: Callable[[int | None], None]
+    ) -> bool:
+        """Send a batch to the worker now; ``on_done`` once it is done, with the
+        ``perf_counter_ns`` at which the worker started it (None: unknown). False: no
+        worker is ready (one is restarting), nothing was sent."""
         worker = self.worker
         if worker is None or not self._ready.is_set():
             return False

@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -158,16 +159,23 @@ class Worker:
     # --- execution ---------------------------------------------------------------------
 
     def on_execute(self, batch: int, payloads: list[dict[str, Any]]) -> None:
+        started = time.perf_counter_ns()  # the server's statistics: queue time ends here
+        live = payloads
+        if self.cancelled:  # cancelled while held here: dropped unrun, as from Triton's queue
+            live = [payload for payload in payloads if payload["key"] not in self.cancelled]
         requests: list[Any] = []
         failed = True
         try:
-            requests = [self.make_request(payload) for payload in payloads]
-            responses = self.wait(self.model.execute(requests))
+            requests = [self.make_request(payload) for payload in live]
+            responses = self.wait(self.model.execute(requests)) if requests else []
             failed = False
         except BaseException as exc:
             self.send(("batch_error", batch, describe(exc)))
         else:
-            self.send(("batch_done", batch, self.encode_responses(requests, responses)))
+            results = self.encode_responses(requests, responses)
+            if live is not payloads and not self.decoupled:
+                results = _with_cancelled(payloads, live, results)
+            self.send(("batch_done", batch, results, started))
         finally:
             if failed or not self.decoupled:
                 for payload in payloads:
@@ -324,6 +332,13 @@ class MetricsClient:
         for waiter in waiters:
             waiter[1] = ("error", "the server closed the worker's channel")
             waiter[0].set()
+
+
+def _with_cancelled(payloads: list[Any], live: list[Any], results: list[Any]) -> list[Any]:
+    """The batch's results in order: the live requests' and a cancellation for the rest."""
+    by_key = {payload["key"]: result for payload, result in zip(live, results, strict=True)}
+    cancelled = ("error", "CANCELLED", "Request was cancelled")
+    return [by_key.get(payload["key"], cancelled) for payload in payloads]
 
 
 def decode_response(result: Any) -> pb_utils.InferenceResponse:

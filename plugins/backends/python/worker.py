@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 #: Where the lines of Python models go (``kernel.logsettings`` gates its verbose lines).
 _MODEL_LOG = logging.getLogger("triton_python_backend")
 
+#: Called when a batch is done, with the ``perf_counter_ns`` at which the worker started it.
+_OnDone = Callable[[int | None], None]
+
 STUB = Path(__file__).resolve().parent / "stub.py"
 #: ``TRITONSERVER_RESPONSE_COMPLETE_FINAL``.
 RESPONSE_COMPLETE_FINAL = 1
@@ -44,7 +47,8 @@ class WorkerProcess:
         #: BLS requests of the model in flight, by the worker's call id.
         self._bls: dict[int, asyncio.Task[None]] = {}
         self._calls: dict[int, asyncio.Future[Any]] = {}
-        self._batches: dict[int, tuple[Sequence[InferenceRequest], Callable[[], None]]] = {}
+        #: Batches in flight: their requests, and what to call when they are done.
+        self._batches: dict[int, tuple[Sequence[InferenceRequest], _OnDone]] = {}
         #: Requests of a decoupled model by key, until their FINAL flag arrives.
         self._open: dict[int, InferenceRequest] = {}
         self._ids = itertools.count()
@@ -96,10 +100,11 @@ class WorkerProcess:
         self,
         requests: Sequence[InferenceRequest],
         payloads: list[dict],
-        on_done: Callable[[], None],
+        on_done: Callable[[int | None], None],
     ) -> None:
         """Send one batch; ``on_done`` is called once the worker reported it done (each
-        request answered or failed by then), or the worker died."""
+        request answered or failed by then), or the worker died: with the
+        ``perf_counter_ns`` at which the worker started it, when it did."""
         batch = next(self._ids)
         self._batches[batch] = (requests, on_done)
         for request, payload in zip(requests, payloads, strict=True):
@@ -115,7 +120,7 @@ class WorkerProcess:
     async def execute(self, requests: Sequence[InferenceRequest], payloads: list[dict]) -> None:
         """:meth:`submit`, awaited."""
         done = asyncio.get_running_loop().create_future()
-        self.submit(requests, payloads, lambda: _resolve(done, None))
+        self.submit(requests, payloads, lambda _started: _resolve(done, None))
         await done
 
     def cancel(self, key: int) -> None:
@@ -141,7 +146,7 @@ class WorkerProcess:
                 deliver(request, result)
             if self._open:
                 self._forget_answered()
-            on_done()
+            on_done(message[3])
         elif kind == "reply":
             _resolve(self._calls.pop(message[1], None), message[2])
         elif kind == "reply_error":
@@ -167,7 +172,7 @@ class WorkerProcess:
             for request in requests:
                 request.fail(error)
             self._forget_answered()
-            on_done()
+            on_done(None)
         else:
             log.warning("unexpected message %r from the worker of '%s'", kind, self.label)
 
@@ -239,7 +244,7 @@ class WorkerProcess:
         for requests, on_done in batches:
             for request in requests:
                 request.fail(error)
-            on_done()
+            on_done(None)
         for request in self._open.values():
             request.fail(error)
         self._open.clear()
