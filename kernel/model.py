@@ -14,6 +14,7 @@ from typing import Any
 from .backend import BackendModel, InstanceSpec, ModelInstance
 from .cache import ResponseCache, request_key
 from .errors import InvalidArgument, KernelError, Unavailable
+from .load import LOAD
 from .request import InferenceRequest, InferenceResponse
 from .scheduler import Scheduler, create_scheduler, request_batch_size
 from .statistics import FailureReason, ModelStatistics, current_failure, failure_reason
@@ -111,6 +112,7 @@ class ModelVersion:
                 return cached
         future = request.bind(asyncio.get_running_loop())
         self.in_flight += 1
+        LOAD.requests += 1
         ok = queued = False
         try:
             scheduler.enqueue(request)
@@ -120,6 +122,7 @@ class ModelVersion:
             return response
         finally:
             self.in_flight -= 1
+            LOAD.requests -= 1
             if queued:  # one a full queue refused is not counted, as in Triton
                 self._count(request, ok)
             if request.trace is not None:
@@ -140,10 +143,12 @@ class ModelVersion:
         scheduler = self._admit(request)
         future = request.bind(asyncio.get_running_loop())
         self.in_flight += 1
+        LOAD.requests += 1
         try:
             scheduler.enqueue(request)
         except BaseException:
             self.in_flight -= 1  # a full queue refused it: not counted, as in Triton
+            LOAD.requests -= 1
             if request.trace is not None:
                 request.trace.request_done(False)
             raise
@@ -157,6 +162,7 @@ class ModelVersion:
         on_done: Callable[[asyncio.Future[Any]], None],
     ) -> None:
         self.in_flight -= 1
+        LOAD.requests -= 1
         error = asyncio.CancelledError() if future.cancelled() else future.exception()
         ok = error is None
         rows = request_batch_size(request, self.config.max_batch_size > 0) if ok else 1
@@ -228,6 +234,7 @@ class ModelVersion:
         lookup_ns: int,
     ) -> AsyncIterator[InferenceResponse]:
         self.in_flight += 1
+        LOAD.requests += 1
         ok = False
         try:
             async for response in responses:
@@ -238,6 +245,7 @@ class ModelVersion:
             ok = True
         finally:
             self.in_flight -= 1
+            LOAD.requests -= 1
             self._count(request, ok, streamed=True)
             if request.trace is not None:
                 request.trace.request_done(ok)

@@ -47,7 +47,7 @@ def _round_trip(message: Any) -> tuple[Any, int]:
 def test_execute_travels_fast_with_every_field() -> None:
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     y = np.array([[True, False]])
-    message = ("execute", 7, [_payload(1, X=x, Y=y), _payload(2, X=x[:1])])
+    message = ("execute", 7, [_payload(1, X=x, Y=y), _payload(2, X=x[:1])], 0)
     decoded, kind = _round_trip(message)
     assert kind == FAST_INLINE
     assert decoded[:2] == ("execute", 7)
@@ -104,20 +104,20 @@ def test_unusual_arrays_round_trip(array: np.ndarray) -> None:
 def test_object_arrays_and_odd_values_fall_back_to_pickle() -> None:
     strings = np.empty(2, dtype=np.object_)
     strings[:] = [b"a", b"bc"]
-    decoded, kind = _round_trip(("execute", 1, [_payload(1, S=strings)]))
+    decoded, kind = _round_trip(("execute", 1, [_payload(1, S=strings)], 0))
     assert kind == PICKLED
     assert decoded[2][0]["inputs"][0][1].tolist() == [b"a", b"bc"]
 
     payload = _payload(2, X=np.ones(2))
     payload["extra"] = Fraction(1, 3)  # marshal cannot carry it: pickle does
-    decoded, kind = _round_trip(("execute", 1, [payload]))
+    decoded, kind = _round_trip(("execute", 1, [payload], 0))
     assert kind == PICKLED
     assert decoded[2][0]["extra"] == Fraction(1, 3)
 
 
 def test_large_arrays_go_through_a_memfd() -> None:
     big = np.random.default_rng(0).random((300, 300))
-    datagram, fds = ipc.encode(("execute", 1, [_payload(1, X=big)]))
+    datagram, fds = ipc.encode(("execute", 1, [_payload(1, X=big)], 0))
     assert datagram[0] == FAST_SHARED and len(fds) == 1
     kept = fds[0]
     decoded = ipc.decode(datagram, fds)
@@ -133,10 +133,10 @@ def test_fast_messages_cross_a_socket_pair(pair: tuple[socket.socket, socket.soc
     small = np.arange(16, dtype=np.float32).reshape(1, 16)
     big = np.arange(100_000, dtype=np.float32)
     for message in (
-        ("execute", 1, [_payload(1, INPUT0=small)]),
-        ("execute", 2, [_payload(2, INPUT0=big)]),
+        ("execute", 1, [_payload(1, INPUT0=small)], 0),
+        ("execute", 2, [_payload(2, INPUT0=big)], 0),
         {"plain": "pickled"},
-        ("execute", 3, [_payload(3, INPUT0=small * 2)]),
+        ("execute", 3, [_payload(3, INPUT0=small * 2)], 0),
     ):
         ipc.send_blocking(server_end, message)
     received = [ipc.receive_blocking(worker_end) for _ in range(4)]

@@ -24,6 +24,7 @@ import socket
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -120,9 +121,9 @@ def _drop_arrays(specs: list[Any], buffers: Iterator[memoryview]) -> list[tuple[
 
 
 def _lift_execute(message: tuple[Any, ...], views: list[memoryview]) -> tuple[Any, ...]:
-    kind, batch, payloads = message
+    kind, batch, payloads, poll_ns = message
     lifted = [{**p, "inputs": _lift_arrays(p["inputs"], views)} for p in payloads]
-    return (kind, batch, lifted)
+    return (kind, batch, lifted, poll_ns)
 
 
 def _drop_execute(message: tuple[Any, ...], buffers: Iterator[memoryview]) -> tuple[Any, ...]:
@@ -247,22 +248,47 @@ def send_blocking(sock: socket.socket, message: Any) -> None:
 
 def receive_blocking(sock: socket.socket) -> Any | None:
     """The next message, or None when the peer closed (the worker side)."""
-    buffer = getattr(_receive_buffers, "buffer", None)
-    if buffer is None:
-        buffer = _receive_buffers.buffer = bytearray(SOCKET_BUFFER)
-    datagram, fds = _receive_into(sock, buffer)
+    datagram, fds = _receive_into(sock, _thread_buffer())
     if not datagram:
         return None
     return decode(datagram, fds)
+
+
+def receive_polling(sock: socket.socket, deadline_ns: int) -> Any:
+    """The next message if one arrives by ``deadline_ns`` (``perf_counter_ns``), polling
+    without sleeping; :data:`NOTHING` if none did; None when the peer closed."""
+    buffer = _thread_buffer()
+    clock = time.perf_counter_ns
+    while True:
+        try:
+            datagram, fds = _receive_into(sock, buffer, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if clock() > deadline_ns:
+                return NOTHING
+            continue
+        return decode(datagram, fds) if datagram else None
+
+
+#: What :func:`receive_polling` returns when nothing arrived in time.
+NOTHING = object()
+
+
+def _thread_buffer() -> bytearray:
+    buffer = getattr(_receive_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _receive_buffers.buffer = bytearray(SOCKET_BUFFER)
+    return buffer
 
 
 #: Each receiving thread's reused datagram buffer.
 _receive_buffers = threading.local()
 
 
-def _receive_into(sock: socket.socket, buffer: bytearray) -> tuple[memoryview, list[int]]:
+def _receive_into(
+    sock: socket.socket, buffer: bytearray, flags: int = 0
+) -> tuple[memoryview, list[int]]:
     """One datagram (a view of ``buffer``, valid until the next call) and its descriptors."""
-    size, ancillary, _flags, _address = sock.recvmsg_into([buffer], _FD_SPACE)
+    size, ancillary, _flags, _address = sock.recvmsg_into([buffer], _FD_SPACE, flags)
     fds: list[int] = []
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -319,6 +345,25 @@ class AsyncChannel:
     def _writable(self) -> None:
         self._loop.remove_writer(self._sock.fileno())
         self._flush()
+
+    def poll(self, deadline_ns: int) -> None:
+        """Read and handle the next message if it arrives by ``deadline_ns``
+        (``perf_counter_ns``), polling without sleeping or returning to the loop."""
+        clock = time.perf_counter_ns
+        while not self._closed:
+            try:
+                datagram, fds = _receive_into(self._sock, self._buffer)
+            except BlockingIOError:
+                if clock() > deadline_ns:
+                    return
+                continue
+            except OSError:
+                datagram, fds = memoryview(b""), []
+            if not datagram:
+                self.close()
+                return
+            self._on_message(decode(datagram, fds))
+            return
 
     def _readable(self) -> None:
         while not self._closed:

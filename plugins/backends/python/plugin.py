@@ -41,6 +41,7 @@ class PythonBackend:
         #: Workers fork from a warm template unless ``--backend-config=python,fork-workers=false``.
         fork = settings.get("fork-workers", "true").strip().lower() not in ("false", "0", "no")
         self.template = WorkerTemplate() if fork else None
+        self.poll_ns = busy_poll_ns(settings)
 
     async def load_model(self, context: ModelContext) -> PythonModel:
         filename = context.config.default_model_filename or "model.py"
@@ -64,6 +65,7 @@ class PythonBackend:
             await worker.kill(0)
             raise
         model = PythonModel(context, config, model_path, worker, self.template)
+        model.poll_ns = self.poll_ns
         model.gpu_inputs = gpu_inputs
         model.gather_requests = gathering
         return model
@@ -71,6 +73,27 @@ class PythonBackend:
     async def finalize(self) -> None:
         if self.template is not None:  # after every model: its workers are its children
             await self.template.stop()
+
+
+#: ``--backend-config=python,busy-poll-us=N``: while a single request is in flight, a
+#: worker polls this long for its next batch, and the server at most this long for an
+#: answer, instead of sleeping (a wake-up costs more than a small model's whole run).
+#: 0 turns it off; an idle server never polls.
+DEFAULT_BUSY_POLL_US = 1000
+
+
+def busy_poll_ns(settings: dict[str, str]) -> int:
+    text = settings.get("busy-poll-us", str(DEFAULT_BUSY_POLL_US)).strip()
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 1_000_000:
+        raise InvalidArgument(
+            f"busy-poll-us of the python backend must be a number of microseconds from 0 "
+            f"to 1000000, got '{text}'"
+        )
+    return value * 1000
 
 
 async def _auto_complete(worker: WorkerProcess, config: Any) -> Any:
@@ -105,6 +128,8 @@ class PythonModel:
         self.gather_requests = False
         #: Where the other instances' workers (and restarted ones) fork from.
         self.template = template
+        #: Busy polling at light load (``busy_poll_ns``).
+        self.poll_ns = 0
 
     async def create_instance(self, spec: InstanceSpec) -> PythonInstance:
         worker, self._spare = self._spare, None
@@ -167,6 +192,7 @@ class PythonInstance:
         except BaseException:
             await worker.kill(0)
             raise
+        worker.poll_ns = self.model.poll_ns
         self.worker = worker
         self._ready.set()
         self._watch = asyncio.create_task(self._watch_worker(worker))

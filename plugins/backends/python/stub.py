@@ -79,17 +79,24 @@ class Worker:
 
     def run(self) -> None:
         threading.Thread(target=self.read_side, daemon=True).start()
-        receive = ipc.receive_blocking
+        poll_ns = 0  # after a batch the server asked to poll after: how long to poll
         while True:
             try:
-                message = receive(self.sock)
+                message = ipc.NOTHING
+                if poll_ns:  # the server is idle but for us: the next batch comes soon
+                    message = ipc.receive_polling(self.sock, time.perf_counter_ns() + poll_ns)
+                if message is ipc.NOTHING:
+                    message = ipc.receive_blocking(self.sock)
             except OSError:
                 message = None
             if message is None:
                 return
             kind = message[0]
+            poll_ns = 0
             if kind == "execute":
                 self.on_execute(message[1], message[2])
+                # (a decoupled model's own threads may still be sending: leave them the GIL)
+                poll_ns = 0 if self.decoupled else message[3]
                 continue
             getattr(self, f"on_{kind}")(*message[1:])
             if kind == "finalize":

@@ -8,6 +8,7 @@ import logging
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 
 from triton_kernel.kernel.datatypes import NUMPY_DTYPES, datatype_of
 from triton_kernel.kernel.errors import Internal, KernelError, Unavailable, Unsupported
+from triton_kernel.kernel.load import LOAD
 from triton_kernel.kernel.metrics import MetricKind
 from triton_kernel.kernel.request import InferenceRequest, InferenceResponse
 from triton_kernel.kernel.shared_memory import cuda_buffer
@@ -31,6 +33,9 @@ _MODEL_LOG = logging.getLogger("triton_python_backend")
 #: Called when a batch is done, with the ``perf_counter_ns`` at which the worker started it.
 _OnDone = Callable[[int | None], None]
 
+#: What the server's poll for an answer allows beyond twice the usual turnaround.
+_POLL_MARGIN_NS = 50_000
+
 STUB = Path(__file__).resolve().parent / "stub.py"
 #: ``TRITONSERVER_RESPONSE_COMPLETE_FINAL``.
 RESPONSE_COMPLETE_FINAL = 1
@@ -41,14 +46,21 @@ class WorkerProcess:
 
     def __init__(self, label: str, process: asyncio.subprocess.Process, server: Any = None) -> None:
         self.label = label
+        #: Busy polling at light load, in ns (``--backend-config=python,busy-poll-us=N``):
+        #: how long the worker polls for its next batch, and at most how long the server
+        #: polls for a batch's answer, instead of sleeping (0: never).
+        self.poll_ns = 0
+        #: A running average of how long a batch takes from send to answer.
+        self._turnaround_ns = 0
         self.process = process
         #: The in-process ``Server`` that runs the model's BLS requests.
         self.server = server
         #: BLS requests of the model in flight, by the worker's call id.
         self._bls: dict[int, asyncio.Task[None]] = {}
         self._calls: dict[int, asyncio.Future[Any]] = {}
-        #: Batches in flight: their requests, and what to call when they are done.
-        self._batches: dict[int, tuple[Sequence[InferenceRequest], _OnDone]] = {}
+        #: Batches in flight: their requests, what to call when they are done, and when
+        #: they were sent.
+        self._batches: dict[int, tuple[Sequence[InferenceRequest], _OnDone, int]] = {}
         #: Requests of a decoupled model by key, until their FINAL flag arrives.
         self._open: dict[int, InferenceRequest] = {}
         self._ids = itertools.count()
@@ -106,16 +118,22 @@ class WorkerProcess:
         request answered or failed by then), or the worker died: with the
         ``perf_counter_ns`` at which the worker started it, when it did."""
         batch = next(self._ids)
-        self._batches[batch] = (requests, on_done)
+        sent = time.perf_counter_ns()
+        self._batches[batch] = (requests, on_done, sent)
         for request, payload in zip(requests, payloads, strict=True):
             self._open[payload["key"]] = request
+        poll_ns = self.poll_ns if LOAD.alone else 0
         try:
-            self._send(("execute", batch, payloads))
+            self._send(("execute", batch, payloads, poll_ns))
         except BaseException:
             self._batches.pop(batch, None)
             for payload in payloads:
                 self._open.pop(payload["key"], None)
             raise
+        if poll_ns and self._turnaround_ns < poll_ns and self._channel is not None:
+            # Nothing else in flight: wait for the answer awake (a short model answers
+            # well before a sleeping process would be woken) rather than in the loop.
+            self._channel.poll(sent + min(poll_ns, 2 * self._turnaround_ns + _POLL_MARGIN_NS))
 
     async def execute(self, requests: Sequence[InferenceRequest], payloads: list[dict]) -> None:
         """:meth:`submit`, awaited."""
@@ -141,7 +159,9 @@ class WorkerProcess:
     def _on_message(self, message: Any) -> None:
         kind = message[0]
         if kind == "batch_done":  # first: one per inference
-            requests, on_done = self._batches.pop(message[1])
+            requests, on_done, sent = self._batches.pop(message[1])
+            took = time.perf_counter_ns() - sent
+            self._turnaround_ns = (3 * self._turnaround_ns + took) // 4
             for request, result in zip(requests, message[2], strict=False):
                 deliver(request, result)
             if self._open:
@@ -164,7 +184,7 @@ class WorkerProcess:
             if task is not None:
                 task.cancel()
         elif kind == "batch_error":
-            requests, on_done = self._batches.pop(message[1])
+            requests, on_done, _sent = self._batches.pop(message[1])
             error = Internal(
                 f"Failed to process the request(s) for model '{self.label}', message: {message[2]}"
             )
@@ -241,7 +261,7 @@ class WorkerProcess:
             _reject(future, error)
         self._calls.clear()
         batches, self._batches = list(self._batches.values()), {}
-        for requests, on_done in batches:
+        for requests, on_done, _sent in batches:
             for request in requests:
                 request.fail(error)
             on_done(None)
