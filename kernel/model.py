@@ -17,7 +17,7 @@ from .errors import InvalidArgument, KernelError, Unavailable
 from .load import LOAD
 from .request import InferenceRequest, InferenceResponse
 from .scheduler import Scheduler, create_scheduler, request_batch_size
-from .statistics import FailureReason, ModelStatistics, current_failure, failure_reason
+from .statistics import ModelStatistics, current_failure, failure_reason
 from .validation import Signature, validate_request
 from .warmup import WarmupTarget, warm_up
 
@@ -163,14 +163,17 @@ class ModelVersion:
     ) -> None:
         self.in_flight -= 1
         LOAD.requests -= 1
-        error = asyncio.CancelledError() if future.cancelled() else future.exception()
-        ok = error is None
-        rows = request_batch_size(request, self.config.max_batch_size > 0) if ok else 1
-        reason = failure_reason(error) if not ok else FailureReason.OTHER
-        self.statistics.request_done(request.enqueued_ns, ok, rows, reason)
-        if request.trace is not None:
-            request.trace.request_done(ok)
+        # The answer first (no one can read the statistics before this callback ends).
         on_done(future)
+        error = asyncio.CancelledError() if future.cancelled() else future.exception()
+        if error is None:
+            batching = self.config.max_batch_size > 0
+            rows = request_batch_size(request, True) if batching else 1
+            self.statistics.request_done(request.enqueued_ns, True, rows)
+        else:
+            self.statistics.request_done(request.enqueued_ns, False, 1, failure_reason(error))
+        if request.trace is not None:
+            request.trace.request_done(error is None)
 
     def _count(self, request: InferenceRequest, ok: bool, *, streamed: bool = False) -> None:
         """Count a finished request (call it in a ``finally``: a failure's reason is the

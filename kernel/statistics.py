@@ -196,15 +196,17 @@ class ModelStatistics:
         each request is charged the whole batch's durations, as Triton charges them."""
         self.execution_count += 1
         self.last_inference = max(self.last_inference, time.time_ns() // 1_000_000)
-        for name, ns in (
-            ("compute_input", input_ns),
-            ("compute_infer", infer_ns),
-            ("compute_output", output_ns),
-        ):
-            self.durations[name].add(ns * requests, requests)
-            if self.latencies is not None:
-                self.latencies.observe(f"{name}_duration", ns, requests)
-        batch = self.batches.setdefault(batch_size, BatchStatistics())
+        durations = self.durations
+        durations["compute_input"].add(input_ns * requests, requests)
+        durations["compute_infer"].add(infer_ns * requests, requests)
+        durations["compute_output"].add(output_ns * requests, requests)
+        if self.latencies is not None:
+            self.latencies.observe("compute_input_duration", input_ns, requests)
+            self.latencies.observe("compute_infer_duration", infer_ns, requests)
+            self.latencies.observe("compute_output_duration", output_ns, requests)
+        batch = self.batches.get(batch_size)
+        if batch is None:
+            batch = self.batches[batch_size] = BatchStatistics()
         batch.compute_input.add(input_ns)
         batch.compute_infer.add(infer_ns)
         batch.compute_output.add(output_ns)

@@ -120,6 +120,7 @@ class PythonModel:
     ) -> None:
         self.context = context
         self.config = config
+        self.decoupled = bool(config.model_transaction_policy.decoupled)
         self.model_path = model_path
         self._spare: WorkerProcess | None = worker
         #: ``FORCE_CPU_ONLY_INPUT_TENSORS: no``: inputs in CUDA shared memory stay there.
@@ -240,7 +241,7 @@ class PythonInstance:
         payloads = [_payload(request, next(self._keys), gpu) for request in requests]
         for request, payload in zip(requests, payloads, strict=True):
             request.on_cancel(lambda key=payload["key"]: worker.cancel(key))
-        worker.submit(requests, payloads, on_done)
+        worker.submit(requests, payloads, on_done, self.model.decoupled)
         return True
 
     async def finalize(self) -> None:

@@ -113,15 +113,18 @@ class WorkerProcess:
         requests: Sequence[InferenceRequest],
         payloads: list[dict],
         on_done: Callable[[int | None], None],
+        decoupled: bool = True,
     ) -> None:
         """Send one batch; ``on_done`` is called once the worker reported it done (each
         request answered or failed by then), or the worker died: with the
-        ``perf_counter_ns`` at which the worker started it, when it did."""
+        ``perf_counter_ns`` at which the worker started it, when it did. The requests of
+        a ``decoupled`` model stay open after that, until their final response."""
         batch = next(self._ids)
         sent = time.perf_counter_ns()
         self._batches[batch] = (requests, on_done, sent)
-        for request, payload in zip(requests, payloads, strict=True):
-            self._open[payload["key"]] = request
+        if decoupled:
+            for request, payload in zip(requests, payloads, strict=True):
+                self._open[payload["key"]] = request
         poll_ns = self.poll_ns if LOAD.alone else 0
         try:
             self._send(("execute", batch, payloads, poll_ns))
