@@ -445,6 +445,10 @@ def encode_infer_response(
     response: InferenceResponse, extra: dict[str, Any] | None = None
 ) -> bytes:
     """A serialized ModelInferResponse; every output travels in ``raw_output_contents``."""
+    if not response.parameters and not extra:
+        plain = _encode_plain_response(response)
+        if plain is not None:
+            return plain
     message = ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
@@ -461,6 +465,42 @@ def encode_infer_response(
         chunks += (_RAW_OUTPUT_TAG, _encode_varint(len(data)), data)
     chunks[0] = message.SerializeToString()
     return b"".join(chunks)
+
+
+def _encode_plain_response(response: InferenceResponse) -> bytes | None:
+    """The common response (no parameters anywhere, no shared memory) written field by
+    field, as upb would write it: a message object costs more than its few fields.
+    None when the response is not that plain."""
+    chunks: list[bytes | memoryview] = []
+    for tag, text in (
+        (_MODEL_NAME_TAG, response.model_name),
+        (_MODEL_VERSION_TAG, response.model_version),
+        (_ID_TAG, response.id),
+    ):
+        if text:
+            data = text.encode()
+            chunks += (tag, _encode_varint(len(data)), data)
+    contents: list[bytes | memoryview] = []
+    for tensor in response.outputs:
+        if tensor.parameters:
+            return None
+        name, datatype = tensor.name.encode(), tensor.datatype.encode()
+        output = [_NAME_TAG, _encode_varint(len(name)), name]
+        output += (_DATATYPE_TAG, _encode_varint(len(datatype)), datatype)
+        if tensor.shape:
+            dims = b"".join([_encode_varint(dim & _UINT64) for dim in tensor.shape])
+            output += (_SHAPE_TAG, _encode_varint(len(dims)), dims)
+        body = b"".join(output)
+        chunks += (_OUTPUT_TAG, _encode_varint(len(body)), body)
+        data = tensor.to_bytes()
+        contents += (_RAW_OUTPUT_TAG, _encode_varint(len(data)), data)
+    return b"".join(chunks + contents)
+
+
+_MODEL_NAME_TAG, _MODEL_VERSION_TAG, _ID_TAG = b"\x0a", b"\x12", b"\x1a"
+_OUTPUT_TAG = bytes([(5 << 3) | 2])  # ModelInferResponse.outputs: field 5
+_NAME_TAG, _DATATYPE_TAG, _SHAPE_TAG = b"\x0a", b"\x12", b"\x1a"  # InferOutputTensor 1-3
+_UINT64 = (1 << 64) - 1
 
 
 def _length_delimited(field: int, data: bytes) -> list[bytes]:

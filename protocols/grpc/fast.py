@@ -39,6 +39,8 @@ _TRAILERS = [("grpc-status", "0")]
 _INITIAL_BLOCK = encode_headers(_INITIAL)
 _TRAILERS_BLOCK = encode_headers(_TRAILERS)
 _PREFIX = struct.Struct(">?I")
+#: How many distinct request header sets ``FastModelInfer.classify`` remembers.
+_SEEN_KEPT = 256
 
 
 class FastModelInfer:
@@ -48,6 +50,23 @@ class FastModelInfer:
         self.service = service
         #: A restricted ``inference`` group needs grpclib's road (its header check).
         self.enabled = not restricted
+        #: Request headers seen before -> whether they make a plain call, and its deadline
+        #: (a client sends the same few header sets again and again).
+        self._seen: dict[tuple[tuple[str, str], ...], tuple[bool, float | None]] = {}
+
+    def classify(self, headers: list[tuple[str, str]]) -> tuple[bool, float | None]:
+        """Whether a call with these request headers is a plain ModelInfer call, and the
+        seconds it may take (``grpc-timeout``)."""
+        if not self.enabled or self.service.server.tracing:
+            return False, None
+        key = tuple(headers)
+        verdict = self._seen.get(key)
+        if verdict is None:
+            verdict = self.accepts(headers), _deadline(headers)
+            if len(self._seen) >= _SEEN_KEPT:
+                self._seen.clear()
+            self._seen[key] = verdict
+        return verdict
 
     def accepts(self, headers: list[tuple[str, str]]) -> bool:
         """Whether a call with these request headers is a plain ModelInfer call."""
@@ -72,10 +91,12 @@ class FastModelInfer:
             and content_type in _CONTENT_TYPES
         )
 
-    def start(self, stream: Any, release_stream: Any) -> asyncio.Future[None]:
+    def start(
+        self, stream: Any, release_stream: Any, timeout: float | None
+    ) -> asyncio.Future[None]:
         """Serve a call by callbacks (:class:`UnaryCall`); the returned future stands for
         the call in grpclib's table of calls (cancelling it cancels the call)."""
-        return UnaryCall(self, stream, release_stream).handle
+        return UnaryCall(self, stream, release_stream, timeout).handle
 
     async def serve(self, stream: Any, release_stream: Any) -> None:
         """One call on its ``h2conn.H2Stream``; always releases it."""
@@ -138,7 +159,9 @@ class UnaryCall:
 
     __slots__ = ("_answering", "_fast", "_release", "_request", "_stream", "_timer", "handle")
 
-    def __init__(self, fast: FastModelInfer, stream: Any, release: Any) -> None:
+    def __init__(
+        self, fast: FastModelInfer, stream: Any, release: Any, timeout: float | None
+    ) -> None:
         self._fast = fast
         self._stream = stream
         self._release = release
@@ -149,7 +172,6 @@ class UnaryCall:
         loop = asyncio.get_running_loop()
         self.handle: asyncio.Future[None] = loop.create_future()
         self.handle.add_done_callback(self._ended)
-        timeout = _deadline(stream.headers)
         if timeout is not None:
             self._timer = loop.call_later(timeout, self._expire)
         stream.on_data = self._data

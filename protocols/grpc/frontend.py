@@ -37,14 +37,14 @@ class _HeaderKeepingHandler(Handler):
             log.log(verbose_level(1), "GRPC request: %s", dict(headers).get(":path"))
         super().accept(stream, headers, release_stream)
 
-    def accept_fast(self, stream: Any, release_stream: Any) -> None:
+    def accept_fast(self, stream: Any, release_stream: Any, timeout: float | None) -> None:
         """A plain ModelInfer call (the connection asked ``fast.accepts``)."""
         if VERBOSE.level:
             log.log(verbose_level(1), "GRPC request: %s", INFER_PATH)
         assert self.fast is not None
         self.__gc_step__()
         # in grpclib's table of calls, so that a reset or a lost connection cancels it
-        self._tasks[stream] = self.fast.start(stream, release_stream)
+        self._tasks[stream] = self.fast.start(stream, release_stream, timeout)
 
 
 class _Server(GrpcServer):

@@ -507,8 +507,12 @@ class H2Connection(asyncio.Protocol):
         self.ping_count_in_sequence = 0
         release = self._releaser(stream)
         fast = self.fast
-        if fast is not None and fast.accepts(headers):
-            self.handler.accept_fast(stream, release)
+        if fast is None:
+            self.handler.accept(stream, headers, release)
+            return
+        plain, timeout = fast.classify(headers)
+        if plain:
+            self.handler.accept_fast(stream, release, timeout)
         else:
             self.handler.accept(stream, headers, release)
 

@@ -16,7 +16,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -226,6 +226,14 @@ def _has_plain_cpu_group(config: Any) -> bool:
     return any(type(g).Kind.Name(g.kind) != "KIND_GPU" for g in config.instance_group)
 
 
+def _answer(requests: list[InferenceRequest], answers: list[Any]) -> None:
+    for request, answer in zip(requests, answers, strict=True):
+        if isinstance(answer, KernelError):
+            request.fail(answer)
+        else:
+            request.respond(InferenceResponse(request.model_name, "", outputs=answer))
+
+
 class OnnxInstance:
     """One instance: its session and the thread its runs happen on.
 
@@ -254,11 +262,37 @@ class OnnxInstance:
         else:
             loop = asyncio.get_running_loop()
             answers = await loop.run_in_executor(self._executor, self._run, live)
-        for request, answer in zip(live, answers, strict=True):
-            if isinstance(answer, KernelError):
-                request.fail(answer)
-            else:
-                request.respond(InferenceResponse(request.model_name, "", outputs=answer))
+        _answer(live, answers)
+
+    def submit(
+        self, requests: Sequence[InferenceRequest], on_done: Callable[[int | None], None]
+    ) -> bool:
+        """:meth:`execute` without a coroutine (the kernel's pool calls back instead):
+        a short run here and now, a longer one on the instance's thread."""
+        loop = asyncio.get_running_loop()
+        live = [request for request in requests if not request.done]
+        if live and self._expected_ns(live) >= self._inline_ns:
+            running = loop.run_in_executor(self._executor, self._run, live)
+            running.add_done_callback(lambda done: self._ran(live, done, on_done))
+            return True
+        if live:
+            _answer(live, self._run(live))
+        loop.call_soon(on_done, None)  # later: the pool may start the next batch from it
+        return True
+
+    @staticmethod
+    def _ran(
+        live: list[InferenceRequest],
+        done: asyncio.Future[list[Any]],
+        on_done: Callable[[int | None], None],
+    ) -> None:
+        if done.cancelled() or done.exception() is not None:
+            error = Internal(f"onnxruntime run failed: {done.exception()}")
+            for request in live:
+                request.fail(error)
+        else:
+            _answer(live, done.result())
+        on_done(None)
 
     def _expected_ns(self, requests: list[InferenceRequest]) -> float:
         if not self._ns_per_row:
