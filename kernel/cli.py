@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -261,10 +262,26 @@ async def serve(options: ServerOptions) -> int:
         await server.stop()
         return 1
     log.info("server ready in %.2f s", time.perf_counter() - started)
+    settle_garbage_collector()
     await stop.wait()
     log.info("stopping: draining in-flight requests (up to %s s)", options.exit_timeout_secs)
     await server.stop()
     return 0
+
+
+#: Allocations between young-generation collections (Python's default: 700). A request
+#: allocates a few hundred short-lived objects; collecting every few requests costs more
+#: than the memory a larger generation holds (measured: ~5% of gRPC's CPU per request).
+GC_THRESHOLDS = (20_000, 50, 100)
+
+
+def settle_garbage_collector() -> None:
+    """What the server loaded stays: out of the collector's scans (``gc.freeze``), with
+    fewer collections of the young (the command-line server only: an application that
+    embeds the server keeps its own settings)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _run(coroutine: object) -> int:

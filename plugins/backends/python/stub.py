@@ -12,6 +12,7 @@ Everything the worker sends goes back on the main socket.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import inspect
 import itertools
@@ -28,6 +29,10 @@ from typing import Any
 
 import ipc
 import triton_python_backend_utils as pb_utils
+
+#: Allocations between young-generation collections: a few per batch rather than one
+#: every couple of requests (the server's ``kernel/cli.py`` sets the same).
+GC_THRESHOLDS = (20_000, 50, 100)
 
 
 class Worker:
@@ -141,6 +146,8 @@ class Worker:
             self.reply_error(call, exc)
         else:
             pb_utils._set_bls_channel(self.bls)  # Triton: BLS once initialized, until finalize
+            gc.freeze()  # the model stays: out of the collector's scans
+            gc.set_threshold(*GC_THRESHOLDS)
             self.send(("reply", call, None))
 
     def on_finalize(self, call: int) -> None:
