@@ -27,7 +27,7 @@ from triton_kernel.kernel.errors import KernelError, Unsupported
 from . import codec, wire
 from .errors import grpc_error
 from .h2conn import encode_headers
-from .service import SERVICE, InferenceService, serve_unary
+from .service import SERVICE, InferenceService, parse_infer_message, serve_unary
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +134,7 @@ class FastModelInfer:
         data = await wire.recv_frame(stream, service.max_message_size)
         if data is None:
             raise GRPCError(Status.INTERNAL, "the client sent no request message")
-        try:
-            message, raw = codec.parse_infer_request(data)
-        except KernelError as exc:
-            raise grpc_error(exc) from None
-        except Exception as exc:
-            raise GRPCError(
-                Status.INTERNAL, f"failed to parse the request message: {exc}"
-            ) from None
+        message, raw = parse_infer_message(data)
         reply: bytes = await serve_unary(lambda m: service.model_infer(m, raw, None), message)
         return reply
 
@@ -207,14 +200,7 @@ class UnaryCall:
 
     def _submit(self, data: memoryview) -> None:
         service = self._fast.service
-        try:
-            message, raw = codec.parse_infer_request(bytes(data))
-        except KernelError as exc:
-            raise grpc_error(exc) from None
-        except Exception as exc:
-            raise GRPCError(
-                Status.INTERNAL, f"failed to parse the request message: {exc}"
-            ) from None
+        message, raw = parse_infer_message(bytes(data))
         try:
             request, _ = codec.decode_infer_request(message, raw)
             server = service.server

@@ -308,14 +308,7 @@ class InferenceService(pb.GrpcInferenceServiceBase):
         data = await wire.recv_bytes(stream, self.max_message_size)
         if data is None:
             raise GRPCError(Status.INTERNAL, "the client sent no request message")
-        try:
-            message, raw = codec.parse_infer_request(data)
-        except KernelError as exc:
-            raise grpc_error(exc) from None
-        except Exception as exc:
-            raise GRPCError(
-                Status.INTERNAL, f"failed to parse the request message: {exc}"
-            ) from None
+        message, raw = parse_infer_message(data)
         reply = await serve_unary(lambda m: self.model_infer(m, raw, frontend), message)
         if frontend is None:
             await stream.send_message(reply)
@@ -435,6 +428,16 @@ class InferStream:
             await self.stream.send_message(data)
             if frontend is not None:
                 frontend.sent()
+
+
+def parse_infer_message(data: bytes) -> tuple[Any, list[Any]]:
+    """``codec.parse_infer_request``, its failures as the call's gRPC status."""
+    try:
+        return codec.parse_infer_request(data)
+    except KernelError as exc:
+        raise grpc_error(exc) from None
+    except Exception as exc:
+        raise GRPCError(Status.INTERNAL, f"failed to parse the request message: {exc}") from None
 
 
 async def serve_unary(method: Callable[[Any], Awaitable[Any]], message: Any) -> Any:

@@ -350,33 +350,27 @@ class AsyncChannel:
         """Read and handle the next message if it arrives by ``deadline_ns``
         (``perf_counter_ns``), polling without sleeping or returning to the loop."""
         clock = time.perf_counter_ns
-        while not self._closed:
-            try:
-                datagram, fds = _receive_into(self._sock, self._buffer)
-            except BlockingIOError:
-                if clock() > deadline_ns:
-                    return
-                continue
-            except OSError:
-                datagram, fds = memoryview(b""), []
-            if not datagram:
-                self.close()
+        while not self._closed and not self._read_one():
+            if clock() > deadline_ns:
                 return
-            self._on_message(decode(datagram, fds))
-            return
 
     def _readable(self) -> None:
-        while not self._closed:
-            try:
-                datagram, fds = _receive_into(self._sock, self._buffer)
-            except BlockingIOError:
-                return
-            except OSError:
-                datagram, fds = memoryview(b""), []
-            if not datagram:
-                self.close()
-                return
+        while not self._closed and self._read_one():
+            pass
+
+    def _read_one(self) -> bool:
+        """Handle the next datagram (or the peer's closing); False when none is there."""
+        try:
+            datagram, fds = _receive_into(self._sock, self._buffer)
+        except BlockingIOError:
+            return False
+        except OSError:
+            datagram, fds = memoryview(b""), []
+        if not datagram:
+            self.close()
+        else:
             self._on_message(decode(datagram, fds))
+        return True
 
     def close(self) -> None:
         if self._closed:

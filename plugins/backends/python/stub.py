@@ -166,6 +166,8 @@ class Worker:
 
     def wait(self, result: Any) -> Any:
         """Run ``result`` to completion when a model method was ``async def``."""
+        if type(result) is list or result is None:  # what nearly every execute returns
+            return result
         if inspect.isawaitable(result):
             return self.loop.run_until_complete(result)
         return result
@@ -383,8 +385,9 @@ def encode_response(response: Any) -> Any:
         code = pb_utils.TritonError.CODE_NAMES.get(error.code(), "INTERNAL")
         return ("error", code, error.message())
     outputs = [(t.name(), t._host_array()) for t in response.output_tensors()]
-    parameters = response.parameters()
-    return ("ok", outputs, json.loads(parameters) if parameters != "{}" else {})
+    if not response._parameters:  # (most responses: no JSON round trip)
+        return ("ok", outputs, {})
+    return ("ok", outputs, json.loads(response.parameters()))
 
 
 def input_tensor(name: str, value: Any) -> pb_utils.Tensor:
