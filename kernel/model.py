@@ -112,7 +112,7 @@ class ModelVersion:
                 return cached
         future = request.bind(asyncio.get_running_loop())
         self.in_flight += 1
-        LOAD.requests += 1
+        LOAD.admit()
         ok = queued = False
         try:
             scheduler.enqueue(request)
@@ -143,7 +143,7 @@ class ModelVersion:
         scheduler = self._admit(request)
         future = request.bind(asyncio.get_running_loop())
         self.in_flight += 1
-        LOAD.requests += 1
+        LOAD.admit()
         try:
             scheduler.enqueue(request)
         except BaseException:
@@ -237,7 +237,7 @@ class ModelVersion:
         lookup_ns: int,
     ) -> AsyncIterator[InferenceResponse]:
         self.in_flight += 1
-        LOAD.requests += 1
+        LOAD.admit()
         ok = False
         try:
             async for response in responses:
