@@ -17,7 +17,7 @@ from .errors import InvalidArgument, KernelError, Unavailable
 from .load import LOAD
 from .request import InferenceRequest, InferenceResponse
 from .scheduler import Scheduler, create_scheduler, request_batch_size
-from .statistics import ModelStatistics, current_failure, failure_reason
+from .statistics import FailureReason, ModelStatistics, current_failure, failure_reason
 from .validation import Signature, validate_request
 from .warmup import WarmupTarget, warm_up
 
@@ -111,8 +111,7 @@ class ModelVersion:
                     request.trace.request_done(True)
                 return cached
         future = request.bind(asyncio.get_running_loop())
-        self.in_flight += 1
-        LOAD.admit()
+        self._enter()
         ok = queued = False
         try:
             scheduler.enqueue(request)
@@ -121,8 +120,7 @@ class ModelVersion:
             ok = True
             return response
         finally:
-            self.in_flight -= 1
-            LOAD.requests -= 1
+            self._leave()
             if queued:  # one a full queue refused is not counted, as in Triton
                 self._count(request, ok)
             if request.trace is not None:
@@ -142,13 +140,11 @@ class ModelVersion:
         """
         scheduler = self._admit(request)
         future = request.bind(asyncio.get_running_loop())
-        self.in_flight += 1
-        LOAD.admit()
+        self._enter()
         try:
             scheduler.enqueue(request)
         except BaseException:
-            self.in_flight -= 1  # a full queue refused it: not counted, as in Triton
-            LOAD.requests -= 1
+            self._leave()  # a full queue refused it: not counted, as in Triton
             if request.trace is not None:
                 request.trace.request_done(False)
             raise
@@ -161,25 +157,36 @@ class ModelVersion:
         future: asyncio.Future[Any],
         on_done: Callable[[asyncio.Future[Any]], None],
     ) -> None:
-        self.in_flight -= 1
-        LOAD.requests -= 1
+        self._leave()
         # The answer first (no one can read the statistics before this callback ends).
         on_done(future)
         error = asyncio.CancelledError() if future.cancelled() else future.exception()
-        if error is None:
-            batching = self.config.max_batch_size > 0
-            rows = request_batch_size(request, True) if batching else 1
-            self.statistics.request_done(request.enqueued_ns, True, rows)
-        else:
-            self.statistics.request_done(request.enqueued_ns, False, 1, failure_reason(error))
+        self._count(request, error is None, reason=None if error is None else failure_reason(error))
         if request.trace is not None:
             request.trace.request_done(error is None)
 
-    def _count(self, request: InferenceRequest, ok: bool, *, streamed: bool = False) -> None:
-        """Count a finished request (call it in a ``finally``: a failure's reason is the
-        exception being raised)."""
+    def _enter(self) -> None:
+        """A request is in flight (this model's count, and the process-wide ``LOAD``)."""
+        self.in_flight += 1
+        LOAD.admit()
+
+    def _leave(self) -> None:
+        self.in_flight -= 1
+        LOAD.requests -= 1
+
+    def _count(
+        self,
+        request: InferenceRequest,
+        ok: bool,
+        *,
+        streamed: bool = False,
+        reason: FailureReason | None = None,
+    ) -> None:
+        """Count a finished request; a failure's ``reason`` defaults to the exception being
+        raised (call it in a ``finally``)."""
         rows = request_batch_size(request, self.config.max_batch_size > 0) if ok else 1
-        reason = current_failure()
+        if reason is None:
+            reason = current_failure()
         self.statistics.request_done(request.enqueued_ns, ok, rows, reason, streamed=streamed)
 
     def _cache_lookup(
@@ -236,8 +243,7 @@ class ModelVersion:
         key: bytes,
         lookup_ns: int,
     ) -> AsyncIterator[InferenceResponse]:
-        self.in_flight += 1
-        LOAD.admit()
+        self._enter()
         ok = False
         try:
             async for response in responses:
@@ -247,8 +253,7 @@ class ModelVersion:
                 yield response
             ok = True
         finally:
-            self.in_flight -= 1
-            LOAD.requests -= 1
+            self._leave()
             self._count(request, ok, streamed=True)
             if request.trace is not None:
                 request.trace.request_done(ok)

@@ -181,8 +181,9 @@ class InstancePool:
     ) -> None:
         """Execute ``batch`` on instance ``index`` in the background; then call ``after``.
 
-        An instance with ``submit`` (the Python backend's) is handed the batch at once,
-        and calls back when it is done: no task and no coroutine frames per batch.
+        An instance with ``submit`` (Python and ONNX Runtime instances) is handed the
+        batch at once, and calls back when it is done: no task and no coroutine frames
+        per batch.
         """
         self._busy[index] += 1
         submit = self._submits[index]

@@ -369,21 +369,17 @@ class Server:
             or uses_shared_memory(request)
         ):
             task = asyncio.ensure_future(self.infer(request, model))
-            task.add_done_callback(lambda done: _report(done, on_done))
+            task.add_done_callback(lambda done: on_done(*_outcome(done)))
             return task
 
         def finished(future: asyncio.Future[Any]) -> None:
-            if future.cancelled():
-                on_done(None, asyncio.CancelledError())
-            elif future.exception() is not None:
-                on_done(None, future.exception())
-            else:
+            response, error = _outcome(future)
+            if response is not None:
                 try:
-                    response = _finish(future.result(), request, model)
+                    response = _finish(response, request, model)
                 except KernelError as exc:
-                    on_done(None, exc)
-                else:
-                    on_done(response, None)
+                    response, error = None, exc
+            on_done(response, error)
 
         return model.submit(request, finished)
 
@@ -428,17 +424,15 @@ class Server:
             shared_memory.release()
 
 
-def _report(
-    task: asyncio.Future[InferenceResponse],
-    on_done: Callable[[InferenceResponse | None, BaseException | None], None],
-) -> None:
-    """``Server.submit``'s callback for a request ``infer`` ran in a task."""
-    if task.cancelled():
-        on_done(None, asyncio.CancelledError())
-    elif task.exception() is not None:
-        on_done(None, task.exception())
-    else:
-        on_done(task.result(), None)
+def _outcome(
+    future: asyncio.Future[InferenceResponse],
+) -> tuple[InferenceResponse | None, BaseException | None]:
+    """A finished request's ``(response, None)`` or ``(None, error)``; cancelled: a
+    ``CancelledError``."""
+    if future.cancelled():
+        return None, asyncio.CancelledError()
+    error = future.exception()
+    return (None, error) if error is not None else (future.result(), None)
 
 
 def _finish(

@@ -62,34 +62,11 @@ class FastModelInfer:
         key = tuple(headers)
         verdict = self._seen.get(key)
         if verdict is None:
-            verdict = self.accepts(headers), _deadline(headers)
+            verdict = _plain(headers), _deadline(headers)
             if len(self._seen) >= _SEEN_KEPT:
                 self._seen.clear()
             self._seen[key] = verdict
         return verdict
-
-    def accepts(self, headers: list[tuple[str, str]]) -> bool:
-        """Whether a call with these request headers is a plain ModelInfer call."""
-        if not self.enabled or self.service.server.tracing:
-            return False
-        path = method = content_type = te = None
-        for key, value in headers:
-            if key == ":path":
-                path = value
-            elif key == ":method":
-                method = value
-            elif key == "content-type":
-                content_type = value
-            elif key == "te":
-                te = value
-            elif key == "grpc-timeout" and _timeout(value) is None:
-                return False  # grpclib answers a bad one
-        return (
-            path == INFER_PATH
-            and method == "POST"
-            and te == "trailers"
-            and content_type in _CONTENT_TYPES
-        )
 
     def start(
         self, stream: Any, release_stream: Any, timeout: float | None
@@ -98,9 +75,9 @@ class FastModelInfer:
         the call in grpclib's table of calls (cancelling it cancels the call)."""
         return UnaryCall(self, stream, release_stream, timeout).handle
 
-    async def serve(self, stream: Any, release_stream: Any) -> None:
-        """One call on its ``h2conn.H2Stream``; always releases it."""
-        timeout = _deadline(stream.headers)
+    async def serve(self, stream: Any, release_stream: Any, timeout: float | None) -> None:
+        """One call on its ``h2conn.H2Stream`` (``timeout``: its seconds left, as
+        ``classify`` read them); always releases it."""
         try:
             try:
                 if timeout is None:
@@ -265,9 +242,11 @@ class UnaryCall:
     def _in_task(self) -> None:
         """Hand the call to the task-based road (which reads the rest itself)."""
         self._stream.on_data = None
+        loop = asyncio.get_running_loop()
+        left = None if self._timer is None else max(self._timer.when() - loop.time(), 0.0)
         self._close_timer()
         handler = self._stream.connection.handler
-        task = asyncio.get_running_loop().create_task(self._fast.serve(self._stream, self._release))
+        task = loop.create_task(self._fast.serve(self._stream, self._release, left))
         if handler._tasks.get(self._stream) is self.handle:
             handler._tasks[self._stream] = task
         self.handle.remove_done_callback(self._ended)
@@ -297,6 +276,28 @@ class UnaryCall:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _plain(headers: list[tuple[str, str]]) -> bool:
+    """Whether a call with these request headers is a plain ModelInfer call."""
+    path = method = content_type = te = None
+    for key, value in headers:
+        if key == ":path":
+            path = value
+        elif key == ":method":
+            method = value
+        elif key == "content-type":
+            content_type = value
+        elif key == "te":
+            te = value
+        elif key == "grpc-timeout" and _timeout(value) is None:
+            return False  # grpclib answers a bad one
+    return (
+        path == INFER_PATH
+        and method == "POST"
+        and te == "trailers"
+        and content_type in _CONTENT_TYPES
+    )
 
 
 def _timeout(text: str) -> float | None:

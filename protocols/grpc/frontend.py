@@ -38,7 +38,7 @@ class _HeaderKeepingHandler(Handler):
         super().accept(stream, headers, release_stream)
 
     def accept_fast(self, stream: Any, release_stream: Any, timeout: float | None) -> None:
-        """A plain ModelInfer call (the connection asked ``fast.accepts``)."""
+        """A plain ModelInfer call (``fast.classify`` said so), served by callbacks."""
         if VERBOSE.level:
             log.log(verbose_level(1), "GRPC request: %s", INFER_PATH)
         assert self.fast is not None

@@ -112,7 +112,7 @@ class WorkerProcess:
         self,
         requests: Sequence[InferenceRequest],
         payloads: list[dict],
-        on_done: Callable[[int | None], None],
+        on_done: _OnDone,
         decoupled: bool = True,
     ) -> None:
         """Send one batch; ``on_done`` is called once the worker reported it done (each
@@ -137,12 +137,6 @@ class WorkerProcess:
             # Nothing else in flight: wait for the answer awake (a short model answers
             # well before a sleeping process would be woken) rather than in the loop.
             self._channel.poll(sent + min(poll_ns, 2 * self._turnaround_ns + _POLL_MARGIN_NS))
-
-    async def execute(self, requests: Sequence[InferenceRequest], payloads: list[dict]) -> None:
-        """:meth:`submit`, awaited."""
-        done = asyncio.get_running_loop().create_future()
-        self.submit(requests, payloads, lambda _started: _resolve(done, None))
-        await done
 
     def cancel(self, key: int) -> None:
         if not self.closed.done():
