@@ -156,16 +156,19 @@ def decode_infer_request(message: Any, raw: list[Any]) -> tuple[InferenceRequest
     Inputs read from shared memory take no raw contents: the next raw-fed input takes them.
     """
     name = message.model_name
-    parameters = _request_parameters(message.parameters)
+    parameters = _request_parameters(message.parameters) if message.parameters else {}
     decoder = _InputDecoder(name, message.id)
     inputs: dict[str, Tensor] = {}
     index = 0
     for tensor in message.inputs:
-        if _shared_memory_reference(tensor) or (raw and tensor.HasField("contents")):
+        described = bool(tensor.parameters)  # (most inputs carry no parameters)
+        if (described and _shared_memory_reference(tensor)) or (
+            raw and tensor.HasField("contents")
+        ):
             data = None
         else:
             data, index = (raw[index], index + 1) if index < len(raw) else (None, index)
-        decoded = decoder.decode(tensor, data, bool(raw))
+        decoded = decoder.decode(tensor, data, bool(raw), described)
         if decoded.name in inputs:
             raise InvalidArgument(
                 f"{decoder.prefix}input '{decoded.name}' already exists in request"
@@ -179,7 +182,8 @@ def decode_infer_request(message: Any, raw: list[Any]) -> tuple[InferenceRequest
         outputs=[_requested_output(output) for output in message.outputs],
         parameters={k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS},
     )
-    _apply_reserved(request, parameters)
+    if parameters:
+        _apply_reserved(request, parameters)
     return request, parameters.get("triton_enable_empty_final_response", False)
 
 
@@ -256,17 +260,25 @@ _CONTENTS_TYPE = {
 class _InputDecoder:
     """Decodes the inputs of one request, from raw contents or typed contents."""
 
+    __slots__ = ("model", "request_id")
+
     def __init__(self, model: str, request_id: str) -> None:
         self.model = model
-        self.prefix = f"[request id: {request_id or '<id_unknown>'}] "
+        self.request_id = request_id
 
-    def decode(self, tensor: Any, raw: Any, raw_used: bool) -> Tensor:
+    @property
+    def prefix(self) -> str:
+        """What Triton's messages about a request's inputs start with."""
+        return f"[request id: {self.request_id or '<id_unknown>'}] "
+
+    def decode(self, tensor: Any, raw: Any, raw_used: bool, described: bool) -> Tensor:
+        """One input; ``described``: it has parameters (shared memory among them)."""
         name, datatype = tensor.name, tensor.datatype
         if datatype not in DATATYPES:
             raise InvalidArgument(f"{self.prefix}invalid datatype for input {name}")
         shape = tuple(tensor.shape)
         count = self.element_count(name, shape)
-        if REGION in tensor.parameters:
+        if described and REGION in tensor.parameters:
             return self.from_shared_memory(tensor, shape)
         if raw_used and tensor.HasField("contents"):
             raise InvalidArgument(
@@ -277,7 +289,7 @@ class _InputDecoder:
             array = self.from_raw(name, datatype, shape, count, raw)
         else:
             array = self.from_contents(name, datatype, shape, count, tensor.contents)
-        extra = parameters_of(tensor.parameters)
+        extra = parameters_of(tensor.parameters) if described else None
         return Tensor(name, datatype, array, extra or None)
 
     def from_shared_memory(self, tensor: Any, shape: tuple[int, ...]) -> Tensor:
@@ -470,8 +482,30 @@ def encode_infer_response(
 def _encode_plain_response(response: InferenceResponse) -> bytes | None:
     """The common response (no parameters anywhere, no shared memory) written field by
     field, as upb would write it: a message object costs more than its few fields.
-    None when the response is not that plain."""
-    chunks: list[bytes | memoryview] = []
+    Everything but the output data repeats from one response of a model to the next, so
+    that part is encoded once per shape. None when the response is not that plain."""
+    key: list[Any] = [response.model_name, response.model_version, response.id]
+    contents: list[bytes | memoryview] = []
+    for tensor in response.outputs:
+        if tensor.parameters:
+            return None
+        data = tensor.to_bytes()
+        key += (tensor.name, tensor.datatype, tensor.data.shape)
+        contents += (_RAW_OUTPUT_TAG, _encode_varint(len(data)), data)
+    cache_key = tuple(key)
+    head = _PLAIN_HEADS.get(cache_key)
+    if head is None:
+        head = _plain_head(response)
+        if len(_PLAIN_HEADS) >= _PLAIN_HEADS_MAX:
+            _PLAIN_HEADS.clear()  # (ids that change per request: keep the cache small)
+        _PLAIN_HEADS[cache_key] = head
+    contents[0:0] = (head,)
+    return b"".join(contents)
+
+
+def _plain_head(response: InferenceResponse) -> bytes:
+    """A plain response's fields before its raw output contents."""
+    chunks: list[bytes] = []
     for tag, text in (
         (_MODEL_NAME_TAG, response.model_name),
         (_MODEL_VERSION_TAG, response.model_version),
@@ -480,10 +514,7 @@ def _encode_plain_response(response: InferenceResponse) -> bytes | None:
         if text:
             data = text.encode()
             chunks += (tag, _encode_varint(len(data)), data)
-    contents: list[bytes | memoryview] = []
     for tensor in response.outputs:
-        if tensor.parameters:
-            return None
         name, datatype = tensor.name.encode(), tensor.datatype.encode()
         output = [_NAME_TAG, _encode_varint(len(name)), name]
         output += (_DATATYPE_TAG, _encode_varint(len(datatype)), datatype)
@@ -492,9 +523,12 @@ def _encode_plain_response(response: InferenceResponse) -> bytes | None:
             output += (_SHAPE_TAG, _encode_varint(len(dims)), dims)
         body = b"".join(output)
         chunks += (_OUTPUT_TAG, _encode_varint(len(body)), body)
-        data = tensor.to_bytes()
-        contents += (_RAW_OUTPUT_TAG, _encode_varint(len(data)), data)
-    return b"".join(chunks + contents)
+    return b"".join(chunks)
+
+
+#: Encoded heads of plain responses, by their names, id and output names/types/shapes.
+_PLAIN_HEADS: dict[tuple[Any, ...], bytes] = {}
+_PLAIN_HEADS_MAX = 512
 
 
 _MODEL_NAME_TAG, _MODEL_VERSION_TAG, _ID_TAG = b"\x0a", b"\x12", b"\x1a"

@@ -297,6 +297,8 @@ class H2Connection(asyncio.Protocol):
         self._pending = b""
         self._preface = False
         self._out: list[bytes] = []
+        #: A flush is scheduled for the end of this turn of the event loop.
+        self._flush_soon = False
         self._decoder = _CachingDecoder()
         self._streams: dict[int, H2Stream] = {}
         self._last_stream = 0
@@ -659,8 +661,16 @@ class H2Connection(asyncio.Protocol):
         self._close_local(stream)
         self.ping_count_in_sequence = 0
         self.last_data_sent = time.monotonic()
-        self.flush()
+        if not self._flush_soon:
+            # Answers finished in the same turn of the loop (a worker's replies read
+            # together) leave in one write: one system call, one wake-up of the client.
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush_later)
         return True
+
+    def _flush_later(self) -> None:
+        self._flush_soon = False
+        self.flush()
 
     async def send_data(self, stream: H2Stream, data: memoryview, end: bool) -> None:
         """DATA frames within the peer's windows and frame size, waiting for room."""

@@ -57,3 +57,29 @@ def test_responses_with_parameters_keep_the_message_road() -> None:
     decoded = ModelInferResponse.FromString(codec.encode_infer_response(response))
     assert decoded.parameters["p"].string_param == "v"
     assert decoded.raw_output_contents[0] == np.ones(2, np.float32).tobytes()
+
+
+def test_repeated_responses_of_changing_shapes_and_ids_stay_exact() -> None:
+    """The encoded heads are reused per names, id and shapes: a response differing in
+    any of them, or only in its data, must still come out exactly as upb writes it."""
+    for round_ in range(3):
+        for rows in (1, 2, 5, 1):
+            for request_id in ("", "a", "b"):
+                data = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4) + round_
+                strings = np.array([b"x" * (rows + round_)] * rows, dtype=object)
+                response = InferenceResponse(
+                    "m",
+                    "1",
+                    request_id,
+                    [Tensor.from_numpy("OUT", data), Tensor.from_numpy("S", strings)],
+                )
+                assert codec.encode_infer_response(response) == _reference(response)
+
+
+def test_the_cache_of_encoded_heads_stays_small() -> None:
+    for number in range(2 * codec._PLAIN_HEADS_MAX):
+        response = InferenceResponse(
+            "m", "1", f"id-{number}", [Tensor.from_numpy("OUT", np.ones(2, np.float32))]
+        )
+        assert codec.encode_infer_response(response) == _reference(response)
+    assert len(codec._PLAIN_HEADS) <= codec._PLAIN_HEADS_MAX
