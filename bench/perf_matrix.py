@@ -10,6 +10,12 @@ machine spreads over all of them. Besides throughput and latency, each run recor
 server's CPU seconds per inference (user + system over its process tree, Python
 workers and stubs included), which moves much less than throughput on a shared machine.
 
+``--servers ... ceiling`` adds servers that do nothing, measured the same way: the
+peers' bare-protocol ``trivial_http_server.py`` (a fixed JSON answer, so its HTTP runs
+skip the identity check) and ``bench/trivial_grpc_server.py`` (the identity answer,
+looked up by the request's bytes). Their rates are what the load generator itself
+reaches on this machine: no server can go faster.
+
 Writes ``bench/results/perf_matrix.json`` (every run), ``perf_matrix.md`` (medians and
 ratios) and ``perf_matrix.png`` (throughput vs concurrency, a line per server, a panel
 per protocol; only when matplotlib is installed).
@@ -23,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -38,9 +45,19 @@ from common import wait_until_ready as _wait_ready
 MODEL = "identity_fp32"
 INPUT = "INPUT0:FP32:1,16"
 #: Display names, in the tables' order.
-NAMES = {"triton": "tritonserver 2.51", "mlserver": "MLServer 1.7.1", "kernel": "triton-kernel"}
+NAMES = {
+    "triton": "tritonserver 2.51",
+    "mlserver": "MLServer 1.7.1",
+    "kernel": "triton-kernel",
+    "ceiling": "do-nothing server",
+}
 #: One colour per server in every panel of the plot.
-COLOURS = {"triton": "tab:green", "mlserver": "tab:orange", "kernel": "tab:blue"}
+COLOURS = {
+    "triton": "tab:green",
+    "mlserver": "tab:orange",
+    "kernel": "tab:blue",
+    "ceiling": "tab:gray",
+}
 #: protocol label -> (loadgen --protocol, --http-body)
 PROTOCOLS = {"http-json": ("http", "json"), "http-binary": ("http", "binary"), "grpc": ("grpc", "")}
 #: What each peer speaks (MLServer has no binary tensor extension).
@@ -55,6 +72,11 @@ class Target:
     process: subprocess.Popen[bytes]
     http: int
     grpc: int
+    #: The process serving gRPC when it is not ``process`` (the do-nothing servers).
+    grpc_process: subprocess.Popen[bytes] | None = None
+
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        return [self.process] + ([self.grpc_process] if self.grpc_process else [])
 
 
 def bench_python() -> str:
@@ -74,6 +96,8 @@ def start(name: str, base: int, scratch: Path, logs: Path) -> Target:
         process = subprocess.Popen(
             command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env
         )
+    elif name == "ceiling":
+        return start_ceiling(base, log)
     else:
         process = start_kernel(scratch / "models", (base, base + 1), log)
     target = Target(name, process, base, base + 1)
@@ -82,6 +106,29 @@ def start(name: str, base: int, scratch: Path, logs: Path) -> Target:
     except BaseException:
         stop(process)
         raise
+    return target
+
+
+def start_ceiling(base: int, log: Path) -> Target:
+    """The do-nothing HTTP and gRPC servers, on ``base`` and ``base`` + 1."""
+    output = log.open("wb")
+    http = [sys.executable, str(PEERS / "trivial_http_server.py"), "--impl", "protocol"]
+    grpc = [sys.executable, str(Path(__file__).with_name("trivial_grpc_server.py"))]
+    target = Target(
+        "ceiling",
+        subprocess.Popen([*http, "--port", str(base)], stdout=output, stderr=subprocess.STDOUT),
+        base,
+        base + 1,
+        subprocess.Popen([*grpc, "--port", str(base + 1)], stdout=output, stderr=subprocess.STDOUT),
+    )
+    deadline = time.monotonic() + 30
+    for port in (base, base + 1):
+        while not _listening(port):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in target.processes()):
+                for process in target.processes():
+                    stop(process)
+                raise RuntimeError("the do-nothing servers did not start")
+            time.sleep(0.2)
     return target
 
 
@@ -96,8 +143,15 @@ def wait_until_ready(target: Target) -> None:
         time.sleep(0.5)
 
 
-def server_pid(target: Target) -> int:
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def server_pid(target: Target, wire: str) -> int:
     """The server's own process (the start scripts ``exec`` it; the shell is gone)."""
+    if wire == "grpc" and target.grpc_process is not None:
+        return target.grpc_process.pid
     return target.process.pid
 
 
@@ -112,14 +166,16 @@ def run_one(
             python,
             str(PEERS / "loadgen.py"),
             *("--url", f"127.0.0.1:{port}", "--protocol", wire, "--model", MODEL),
-            *("--input", INPUT, "--check-identity", "--concurrency", str(concurrency)),
+            *("--input", INPUT, "--concurrency", str(concurrency)),
+            *(() if target.name == "ceiling" and wire == "http" else ("--check-identity",)),
             *("--duration", str(args.duration), "--warmup", str(args.warmup)),
             *("--label", target.name, "--json-out", out.name, "--quiet"),
             *(("--http-body", body) if body else ()),
         ]
-        cpu_before = tree_cpu_seconds(server_pid(target))
+        pid = server_pid(target, wire)
+        cpu_before = tree_cpu_seconds(pid)
         subprocess.run(command, check=False, capture_output=True, timeout=args.duration * 10 + 60)
-        cpu = tree_cpu_seconds(server_pid(target)) - cpu_before
+        cpu = tree_cpu_seconds(pid) - cpu_before
         lines = out.read().splitlines()
     if not lines:
         return {
@@ -198,22 +254,27 @@ def markdown(middle: dict[tuple[str, str, int], dict[str, float]], header: str) 
 
 def ratio_table(middle: dict[tuple[str, str, int], dict[str, float]]) -> list[str]:
     """triton-kernel over each peer: throughput (above 1 is faster), p50 (peer / ours) and
-    CPU per inference (peer / ours: above 1 means we use less)."""
+    CPU per inference (peer / ours: above 1 means we use less); with the do-nothing
+    servers, the most any server could have reached over MLServer, and our share of it."""
     lines = [
         "| protocol | c | x tritonserver (infer/s) | p50 tritonserver/ours | "
-        "CPU/infer tritonserver/ours | x MLServer (infer/s) |",
-        "|---|---|---|---|---|---|",
+        "CPU/infer tritonserver/ours | x MLServer (infer/s) | do-nothing x MLServer "
+        "| ours / do-nothing |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (server, protocol, c), ours in sorted(middle.items(), key=_order):
         if server != "kernel":
             continue
         triton = middle.get(("triton", protocol, c), {})
         mlserver = middle.get(("mlserver", protocol, c), {})
+        ceiling = middle.get(("ceiling", protocol, c), {})
         cells = [
             _ratio(ours.get("throughput"), triton.get("throughput")),
             _ratio(triton.get("p50_us"), ours.get("p50_us")),
             _ratio(triton.get("server_cpu_us"), ours.get("server_cpu_us")),
             _ratio(ours.get("throughput"), mlserver.get("throughput")),
+            _ratio(ceiling.get("throughput"), mlserver.get("throughput")),
+            _ratio(ours.get("throughput"), ceiling.get("throughput")),
         ]
         lines.append(f"| {protocol} | {c} | " + " | ".join(cells) + " |")
     return lines
@@ -276,7 +337,7 @@ def parse_args() -> argparse.Namespace:
         "--port-base",
         type=int,
         default=19190,
-        help="triton BASE..+2, mlserver BASE+3..+5, kernel BASE+6..+7",
+        help="triton BASE..+2, mlserver BASE+3..+5, kernel BASE+6..+7, ceiling BASE+8..+9",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--name", default="perf_matrix", help="results file stem")
@@ -287,7 +348,7 @@ def main() -> int:
     args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     python = bench_python()
-    offsets = {"triton": 0, "mlserver": 3, "kernel": 6}
+    offsets = {"triton": 0, "mlserver": 3, "kernel": 6, "ceiling": 8}
     load = Path("/proc/loadavg").read_text().split()[:3]
     started = time.strftime("%Y-%m-%d %H:%M")
     targets: list[Target] = []
@@ -307,7 +368,8 @@ def main() -> int:
                 print(json.dumps(run), flush=True)
         finally:
             for target in targets:
-                stop(target.process)
+                for process in target.processes():
+                    stop(process)
     middle = medians(runs)
     header = (
         f"identity_fp32 (Python backend, FP32[1,16], one instance), loadgen.py --client raw, "
