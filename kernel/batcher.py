@@ -168,7 +168,13 @@ class PriorityQueues:
 
 
 class DynamicBatcher:
-    """Forms batches from the queues whenever an instance is free."""
+    """Forms batches from the queues whenever an instance is free.
+
+    No dispatcher task: a batch is formed in the callback that frees an instance (before
+    the finished batch's answers are written, so the instance is not left idle while
+    they are), or one turn of the event loop after requests arrive at an idle model
+    (requests that arrived in the same turn share the batch). A queue delay is a timer.
+    """
 
     def __init__(self, model_name: str, config: Any, pool: InstancePool) -> None:
         settings = config.dynamic_batching
@@ -183,51 +189,61 @@ class DynamicBatcher:
             for spec in config.input
             if -1 in spec.dims and not spec.allow_ragged_batch and config.max_batch_size > 0
         ]
-        self._arrived = asyncio.Event()
         self._stopping = False
-        self._dispatcher = asyncio.create_task(self._dispatch(), name=f"{model_name}-batcher")
+        #: A look at the queues is scheduled for this turn of the loop.
+        self._scheduled = False
+        #: When the oldest request's queue delay is over (a fuller batch was waited for).
+        self._delay_timer: asyncio.TimerHandle | None = None
 
     def enqueue(self, request: InferenceRequest) -> None:
         if self._stopping:
             raise Unavailable(f"Request for unknown model: '{request.model_name}' is not ready")
         self._queues.push(request)
-        self._arrived.set()
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
 
     def pending(self) -> int:
         """Requests waiting for an instance (``nv_inference_pending_request_count``)."""
         return sum(1 for request in self._queues.in_order() if not request.done)
 
-    async def _dispatch(self) -> None:
+    def _dispatch(self, _finished: list[InferenceRequest] | None = None) -> None:
+        """Start batches while an instance has room and requests wait (also the pool's
+        callback when a batch finishes)."""
+        self._scheduled = False
         while True:
             self._queues.prune()
             if not len(self._queues):
-                if self._stopping:
-                    return
-                self._arrived.clear()
-                await self._arrived.wait()
-                continue
-            index = await self._pool.acquire()
-            batch = await self._next_batch()
-            if batch:
-                self._queues.take(batch)
-                self._pool.launch(index, batch)
+                return
+            index = self._pool.free_instance()
+            if index is None:
+                return  # the batch that finishes calls again
+            batch = self._next_batch()
+            if not batch:
+                return
+            self._queues.take(batch)
+            self._pool.launch(index, batch, self._dispatch)
 
-    async def _next_batch(self) -> list[InferenceRequest]:
-        """The next batch, after waiting up to the queue delay for it to fill."""
-        while True:
-            batch, rows, full = self._candidates()
-            if not batch or full or self._delay_ns <= 0 or self._stopping:
-                return self._cut_to_preferred(batch)
-            if self._preferred and rows >= self._preferred[-1]:
-                return self._cut_to_preferred(batch)
-            waited = time.perf_counter_ns() - batch[0].enqueued_ns
-            if waited >= self._delay_ns:
-                return self._cut_to_preferred(batch)
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), (self._delay_ns - waited) / 1e9)
-            except asyncio.TimeoutError:
-                pass
+    def _next_batch(self) -> list[InferenceRequest]:
+        """The next batch; empty while the queue delay lets it wait to fill (a timer looks
+        again when the delay of its oldest request is over)."""
+        batch, rows, full = self._candidates()
+        if not batch or full or self._delay_ns <= 0 or self._stopping:
+            return self._cut_to_preferred(batch)
+        if self._preferred and rows >= self._preferred[-1]:
+            return self._cut_to_preferred(batch)
+        waited = time.perf_counter_ns() - batch[0].enqueued_ns
+        if waited >= self._delay_ns:
+            return self._cut_to_preferred(batch)
+        if self._delay_timer is None:
+            self._delay_timer = asyncio.get_running_loop().call_later(
+                (self._delay_ns - waited) / 1e9, self._delay_over
+            )
+        return []
+
+    def _delay_over(self) -> None:
+        self._delay_timer = None
+        self._dispatch()
 
     def _candidates(self) -> tuple[list[InferenceRequest], int, bool]:
         """The oldest requests that fit one batch, their rows, and whether the batch is full."""
@@ -267,8 +283,10 @@ class DynamicBatcher:
         return batch[:cut] if cut else batch
 
     async def drain_and_stop(self) -> None:
-        """Run what is queued, wait for it, then stop."""
+        """Run what is queued (without waiting for fuller batches), wait for it, then stop."""
         self._stopping = True
-        self._arrived.set()
-        await asyncio.gather(self._dispatcher, return_exceptions=True)
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()
+            self._delay_timer = None
+        self._dispatch()  # each batch that finishes starts the next
         await self._pool.drain()
