@@ -53,6 +53,9 @@ class ModelVersion:
     statistics: ModelStatistics = field(default_factory=ModelStatistics)
     #: The server's response cache; kept at start only if the model enables it too.
     cache: ResponseCache | None = None
+    #: The event loop the version was started in (Python 3.11's ``get_running_loop``
+    #: makes a system call, once per request on the hot path otherwise).
+    loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def ready(self) -> bool:
@@ -64,6 +67,7 @@ class ModelVersion:
         On failure everything created so far is finalized before the error propagates.
         """
         self.backend_model = backend_model
+        self.loop = asyncio.get_running_loop()
         try:
             self.config = backend_model.config
             _check_response_cache(self.config)
@@ -139,7 +143,7 @@ class ModelVersion:
         the returned future cancels the request.
         """
         scheduler = self._admit(request)
-        future = request.bind(asyncio.get_running_loop())
+        future = request.bind(self.loop or asyncio.get_running_loop())
         self._enter()
         try:
             scheduler.enqueue(request)

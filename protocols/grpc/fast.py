@@ -80,14 +80,11 @@ class FastModelInfer:
         ``classify`` read them); always releases it."""
         try:
             try:
-                if timeout is None:
-                    reply = await self._answer(stream)
-                else:
-                    async with asyncio.timeout(timeout) as deadline:
-                        reply = await self._answer(stream)
-            except TimeoutError:
-                if timeout is None or not deadline.expired():
-                    raise
+                # (asyncio.wait_for rather than asyncio.timeout: Python 3.10 has no such thing)
+                reply = await asyncio.wait_for(self._answer(stream), timeout)
+            except (TimeoutError, asyncio.TimeoutError) as exc:
+                if timeout is None or not isinstance(exc.__cause__, asyncio.CancelledError):
+                    raise  # not the call's deadline (wait_for's comes from the cancellation)
                 log.info("Deadline exceeded")  # as grpclib logs it
                 await _send_status(stream, Status.DEADLINE_EXCEEDED, None)
             except GRPCError as exc:

@@ -128,6 +128,7 @@ class InferConnection(asyncio.Protocol):
         "_closing",
         "_idle_at",
         "_lane",
+        "_loop",
         "_owner",
         "_paused",
         "_timer",
@@ -147,13 +148,14 @@ class InferConnection(asyncio.Protocol):
         self._paused = False
         self._idle_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         self._owner.connections.add(self)
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._idle_at = loop.time()
         self._timer = loop.call_later(KEEPALIVE_TIMEOUT, self._check_idle)
 
@@ -337,7 +339,8 @@ class InferConnection(asyncio.Protocol):
         if self._closing:
             transport.close()
             return
-        self._idle_at = asyncio.get_running_loop().time()
+        assert self._loop is not None
+        self._idle_at = self._loop.time()  # (Python 3.11's get_running_loop calls getpid)
         if self._paused:
             self._paused = False
             transport.resume_reading()
