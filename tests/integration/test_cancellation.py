@@ -220,14 +220,23 @@ def test_queued_requests_of_gone_clients_never_run(
 # --- gRPC -------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("compression", [None, "gzip"])  # gzip: the task-based road
 def test_grpc_client_timeout_cancels_the_running_request(
-    server: RunningServer, client: httpclient.InferenceServerClient, tmp_path: Path
+    server: RunningServer,
+    client: httpclient.InferenceServerClient,
+    tmp_path: Path,
+    compression: str | None,
 ) -> None:
     marker = tmp_path / "grpc"
     gclient = grpcclient.InferenceServerClient(server.grpc_url)
     try:
         with pytest.raises(InferenceServerException) as info:
-            gclient.infer("cancel_watch", grpc_watch_inputs(marker, LONG), client_timeout=1.0)
+            gclient.infer(
+                "cancel_watch",
+                grpc_watch_inputs(marker, LONG),
+                client_timeout=1.0,
+                compression_algorithm=compression,
+            )
         assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
     finally:
         gclient.close()
