@@ -309,9 +309,14 @@ def plot(middle: dict[tuple[str, str, int], dict[str, float]], path: Path) -> bo
             )
             if points:
                 axis.plot(
-                    *zip(*points, strict=True), marker="o", label=label, color=COLOURS[server]
+                    *zip(*points, strict=True),
+                    marker="o",
+                    label=label,
+                    color=COLOURS[server],
+                    linestyle="--" if server == "ceiling" else "-",
                 )
         axis.set_title(f"identity_fp32, {protocol}")
+        axis.set_yscale("log")  # (the do-nothing servers are an order of magnitude above)
         axis.set_xlabel("concurrency")
         axis.grid(alpha=0.3)
     axes_list = list(getattr(axes, "flat", [axes]))
