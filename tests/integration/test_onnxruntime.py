@@ -669,6 +669,9 @@ def test_broken_files_and_settings_fail_with_their_reason(http, ort_setup) -> No
     expected = dict(ort_setup[1])
     if "gpu_model" not in reasons:  # a machine with a GPU and onnxruntime-gpu serves it
         expected.pop("gpu_model")
+    elif "CUDAExecutionProvider" in reasons["gpu_model"]:  # a GPU, a CPU-only onnxruntime
+        expected["gpu_model"] = "lacks (it has "
+        assert "install onnxruntime-gpu" in reasons["gpu_model"]
     for name, message in expected.items():
         assert message in reasons[name], (name, reasons[name])
     assert http.is_model_ready("mlp")  # the others loaded
