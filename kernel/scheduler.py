@@ -159,15 +159,6 @@ class InstancePool:
         index = 0 if len(busy) == 1 else min(range(len(busy)), key=busy.__getitem__)
         return index if busy[index] < self._depths[index] else None
 
-    async def acquire(self) -> int:
-        """The index of the least busy instance with room for one more batch."""
-        while True:
-            index = min(range(len(self._busy)), key=self._busy.__getitem__)
-            if self.has_room(index):
-                return index
-            self._capacity.clear()
-            await self._capacity.wait()
-
     async def wait_for_room(self) -> None:
         """Return once some batch finishes (the caller then looks again)."""
         self._capacity.clear()

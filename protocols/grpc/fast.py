@@ -22,7 +22,7 @@ from grpclib import GRPCError
 from grpclib.const import Status
 from grpclib.metadata import decode_timeout, encode_grpc_message
 
-from triton_kernel.kernel.errors import KernelError, Unsupported
+from triton_kernel.kernel.errors import KernelError
 
 from . import codec, wire
 from .errors import grpc_error
@@ -177,13 +177,8 @@ class UnaryCall:
         message, raw = parse_infer_message(bytes(data))
         try:
             request, _ = codec.decode_infer_request(message, raw)
-            server = service.server
-            model = server.model(request.model_name, request.model_version)
-            if model.config.model_transaction_policy.decoupled:
-                raise Unsupported(
-                    "ModelInfer RPC doesn't support models with decoupled transaction policy"
-                )
-            self._request = server.submit(request, model, self._answer)
+            model = service.unary_model(request)
+            self._request = service.server.submit(request, model, self._answer)
         except KernelError as exc:
             raise grpc_error(exc) from None
 

@@ -20,6 +20,7 @@ from grpclib.const import Cardinality, Status
 from grpclib.server import Stream
 
 from triton_kernel.kernel.errors import InvalidArgument, KernelError, Unsupported
+from triton_kernel.kernel.model import ModelVersion
 from triton_kernel.kernel.request import InferenceRequest
 from triton_kernel.kernel.server import Server
 from triton_kernel.kernel.trace_record import FrontendTrace
@@ -295,13 +296,17 @@ class InferenceService(pb.GrpcInferenceServiceBase):
         request, _ = codec.decode_infer_request(message, raw or [])
         if frontend is not None:
             frontend.received(request)
+        response = await self.server.infer(request, self.unary_model(request))
+        return codec.encode_infer_response(response)
+
+    def unary_model(self, request: InferenceRequest) -> ModelVersion:
+        """The model a ModelInfer call asks for (a decoupled one answers only streams)."""
         model = self.server.model(request.model_name, request.model_version)
         if model.config.model_transaction_policy.decoupled:
             raise Unsupported(
                 "ModelInfer RPC doesn't support models with decoupled transaction policy"
             )
-        response = await self.server.infer(request, model)
-        return codec.encode_infer_response(response)
+        return model
 
     async def _model_infer(self, stream: Stream) -> None:
         frontend = FrontendTrace("GRPC", stream.metadata) if self.server.tracing else None

@@ -254,15 +254,9 @@ class OnnxInstance:
         self._inline_ns = model.inline_ns
 
     async def execute(self, requests: Sequence[InferenceRequest]) -> None:
-        live = [request for request in requests if not request.done]
-        if not live:
-            return
-        if self._expected_ns(live) < self._inline_ns:
-            answers = self._run(live)
-        else:
-            loop = asyncio.get_running_loop()
-            answers = await loop.run_in_executor(self._executor, self._run, live)
-        _answer(live, answers)
+        done = asyncio.get_running_loop().create_future()
+        self.submit(requests, lambda _started: done.set_result(None))
+        await done
 
     def submit(
         self, requests: Sequence[InferenceRequest], on_done: Callable[[int | None], None]
